@@ -1,0 +1,2 @@
+"""Sora: graph + text recommender."""
+__version__ = "0.1.0"

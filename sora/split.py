@@ -1,0 +1,158 @@
+"""Splits and id maps (DESIGN.md §4), saved as one typed artifact.
+
+``random`` follows the RecBole-GNN protocol: keep interactions with rating >= threshold, shuffle
+each user's interactions with a fixed seed and cut them 8:1:1 with RecBole's rounding (a user with
+n interactions gets ``int(0.1 n)`` valid and test rows, but at least one each while two or more
+rows remain for training). Users with one or two positives therefore only train.
+``temporal`` cuts each user's time-ordered interactions the same way (last → test).
+``cold-item`` holds out ``cold_item_ratio`` of the items with every interaction they have; half
+of them are valid-cold, half test-cold, and they exist for the model only through their text.
+
+Users and items are indexed once here: users in sorted order of the kept interactions, items in the
+order of the ``items`` table (the whole catalogue is ranked, including items nobody rated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sora.config import SplitConfig
+from sora.data import Dataset, timestamps_to_seconds
+
+log = logging.getLogger(__name__)
+
+MODES = ("random", "temporal", "cold-item")
+PARTS = ("train", "valid", "test")
+
+
+@dataclass
+class SplitSpec:
+    mode: str
+    seed: int
+    rating_threshold: float | None
+    ratios: tuple[float, float, float]
+    cold_item_ratio: float
+    data_fingerprint: str
+
+
+@dataclass
+class Split:
+    """Interactions as (user index, item index, timestamp) in three parts, plus the id maps."""
+
+    spec: SplitSpec
+    user_ids: list[str]
+    item_ids: list[str]
+    train: pd.DataFrame  # columns u, i, ts
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    cold_valid_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_test_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    def part(self, name: str) -> pd.DataFrame:
+        if name not in PARTS:
+            raise ValueError(f"unknown split part {name!r}")
+        return getattr(self, name)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in PARTS:
+            self.part(name).to_parquet(directory / f"{name}.parquet", index=False)
+        (directory / "ids.json").write_text(json.dumps({"users": self.user_ids, "items": self.item_ids}))
+        meta = {"spec": asdict(self.spec), "cold_valid_items": self.cold_valid_items.tolist(),
+                "cold_test_items": self.cold_test_items.tolist()}
+        (directory / "split.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Split:
+        directory = Path(directory)
+        ids = json.loads((directory / "ids.json").read_text())
+        meta = json.loads((directory / "split.json").read_text())
+        spec = meta["spec"]
+        spec["ratios"] = tuple(spec["ratios"])
+        parts = {name: pd.read_parquet(directory / f"{name}.parquet") for name in PARTS}
+        return cls(spec=SplitSpec(**spec), user_ids=ids["users"], item_ids=ids["items"], **parts,
+                   cold_valid_items=np.asarray(meta["cold_valid_items"], dtype=np.int64),
+                   cold_test_items=np.asarray(meta["cold_test_items"], dtype=np.int64))
+
+
+def ratio_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """RecBole's ``_calcu_split_ids``: how many of a user's n rows go to train, valid, test."""
+    cnt = [int(r * n) for r in ratios]
+    cnt[0] = n - sum(cnt[1:])
+    for i in range(1, len(ratios)):
+        if cnt[0] <= 1:
+            break
+        if 0 < ratios[-i] * n < 1:
+            cnt[-i] += 1
+            cnt[0] -= 1
+    return cnt[0], cnt[1], cnt[2]
+
+
+def _positives(dataset: Dataset, threshold: float | None) -> pd.DataFrame:
+    df = dataset.interactions
+    keep = pd.Series(True, index=df.index)
+    if threshold is not None and "rating" in df.columns:
+        keep = pd.to_numeric(df["rating"], errors="coerce") >= threshold
+    out = df.loc[keep, ["user_id", "item_id"]].copy()
+    out["ts"] = timestamps_to_seconds(df.loc[keep, "timestamp"]).fillna(0.0).to_numpy()
+    return out
+
+
+def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
+    """Split ``dataset`` by ``cfg.mode``; the same seed always gives the same split."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"split.mode must be one of {MODES}, got {cfg.mode!r}")
+    pos = _positives(dataset, cfg.rating_threshold)
+    item_ids = list(pd.unique(dataset.items["item_id"].astype(str)))
+    item_index = {iid: k for k, iid in enumerate(item_ids)}
+    pos = pos[pos["item_id"].isin(item_index)]  # unknown items were already allowed by validation
+    user_ids = sorted(pos["user_id"].astype(str).unique())
+    user_index = {uid: k for k, uid in enumerate(user_ids)}
+    frame = pd.DataFrame({
+        "u": pos["user_id"].map(user_index).to_numpy(np.int64),
+        "i": pos["item_id"].map(item_index).to_numpy(np.int64),
+        "ts": pos["ts"].to_numpy(float),
+    })
+    # A stable base order makes the split independent of the input row order.
+    frame = frame.sort_values(["u", "ts", "i"], kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(cfg.seed)
+    cold_valid = cold_test = np.zeros(0, dtype=np.int64)
+    if cfg.mode == "cold-item":
+        rated = np.unique(frame["i"].to_numpy())
+        n_cold = max(2, int(round(cfg.cold_item_ratio * len(rated))))
+        cold = rng.permutation(rated)[:n_cold]
+        cold_valid, cold_test = np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2:])
+        part = np.where(frame["i"].isin(cold_valid), 1, np.where(frame["i"].isin(cold_test), 2, 0))
+    else:
+        part = np.zeros(len(frame), dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, frame["u"].to_numpy()[1:] != frame["u"].to_numpy()[:-1]])
+        ends = np.r_[starts[1:], len(frame)]
+        for s, e in zip(starts, ends, strict=True):
+            n_train, n_valid, _ = ratio_counts(int(e - s), cfg.ratios)
+            order = rng.permutation(e - s) if cfg.mode == "random" else np.arange(e - s)
+            labels = np.zeros(e - s, dtype=np.int64)
+            labels[order[n_train:n_train + n_valid]] = 1
+            labels[order[n_train + n_valid:]] = 2
+            part[s:e] = labels
+    parts = {name: frame[part == k].reset_index(drop=True) for k, name in enumerate(PARTS)}
+    spec = SplitSpec(cfg.mode, cfg.seed, cfg.rating_threshold, tuple(cfg.ratios), cfg.cold_item_ratio,
+                     dataset.fingerprint())
+    split = Split(spec, user_ids, item_ids, **parts, cold_valid_items=cold_valid, cold_test_items=cold_test)
+    log.info("split %s: %d users, %d items, train/valid/test = %d/%d/%d", cfg.mode, split.num_users,
+             split.num_items, len(split.train), len(split.valid), len(split.test))
+    return split
