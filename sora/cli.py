@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"sora: data error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except KeyError as exc:  # unknown user / item ids
+        print(f"sora: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (FileNotFoundError, ValueError) as exc:
         print(f"sora: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

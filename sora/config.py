@@ -69,11 +69,13 @@ class GraphConfig:
     user_edges: str = "given"
     user_knn_k: int = 10
     cooccur_k: int = 10
-    ease_k: int = 50
+    ease_k: int = 200
     ease_lambda: float = 300.0
+    #: EASE needs a dense (I, I) inverse; above this many items the item–item head is skipped.
+    ease_max_items: int = 20_000
     self_loops: bool = False
     #: Rows of the similarity matrix computed at once (bounds memory for 100k+ items).
-    knn_batch_size: int = 4096
+    knn_batch_size: int = 1024
 
 
 @dataclass
@@ -86,10 +88,14 @@ class ModelConfig:
     use_user_edges: bool = True
     #: Add the item<->item (EASE-weighted) propagation of the user's history to the score.
     use_item_item_score: bool = True
-    history_len: int = 20
+    history_len: int = 10
     transformer_layers: int = 1
     transformer_heads: int = 2
     dropout: float = 0.1
+    #: Weight of item<->item and user<->user messages relative to interaction edges.
+    side_weight: float = 0.5
+    #: Probability of training a step with the anonymous user token (for history-only requests).
+    anonymous_prob: float = 0.1
 
 
 @dataclass

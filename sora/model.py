@@ -1,0 +1,113 @@
+"""The Sora model from named parts (DESIGN.md §5). No DGL import here: the graph encoder is passed in.
+
+Letters: B batch, U users, I items, L history length, D model dim, T text dim.
+
+- ``TextProjector``  (I, T) text embeddings → (I, D)
+- graph encoder      (U, D), (I, D) node inputs → (U, D), (I, D) graph embeddings (``sora.gnn``)
+- ``HistoryFusion``  Transformer over ``[user token] + the user's L most recent items`` → (B, D)
+- item fusion        graph embedding + a second text projection → (I, D)
+- scorer             dot product (plus the item–item head in :mod:`sora.recommender`)
+
+A cold item (no training interaction) has no id embedding: its input is its text projection only,
+and it is reached in the graph through item↔item text edges.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sora.config import ModelConfig
+
+
+class TextProjector(nn.Module):
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        if text_dim <= 0 or dim <= 0:
+            raise ValueError(f"text_dim and dim must be positive, got {text_dim}, {dim}")
+        self.proj = nn.Linear(text_dim, dim)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:  # (I, T) → (I, D)
+        return self.proj(text)
+
+
+class HistoryFusion(nn.Module):
+    """Transformer encoder over [user token] + L history item tokens; returns the user token's output."""
+
+    def __init__(self, dim: int, history_len: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"model.dim ({dim}) must be divisible by model.transformer_heads ({heads})")
+        if history_len < 1:
+            raise ValueError(f"model.history_len must be >= 1, got {history_len}")
+        self.position = nn.Embedding(history_len + 1, dim)
+        self.anonymous = nn.Parameter(torch.zeros(dim))  # user token for a history without a user id
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.LayerNorm(dim)
+
+    def forward(self, user_token: torch.Tensor | None, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """user_token (B, D) or None (anonymous); items (B, L, D); mask (B, L) True where a real item."""
+        b, l, d = items.shape
+        if user_token is None:
+            user_token = self.anonymous.expand(b, d)
+        tokens = torch.cat([user_token[:, None, :], items], dim=1)  # (B, L+1, D)
+        tokens = tokens + self.position.weight[: l + 1][None]
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], dim=1)
+        out = self.encoder(tokens, src_key_padding_mask=pad)  # (B, L+1, D)
+        return self.out(out[:, 0]) + user_token  # residual keeps the graph signal
+
+
+class SoraModel(nn.Module):
+    """Learned parts of Sora; ``graph_encoder`` is any module mapping node inputs to graph embeddings."""
+
+    def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, text_dim: int,
+                 warm_items: torch.Tensor, graph_encoder: nn.Module | None = None):
+        super().__init__()
+        if cfg.dim <= 0:
+            raise ValueError(f"model.dim must be positive, got {cfg.dim}")
+        if num_users <= 0 or num_items <= 0:
+            raise ValueError(f"need at least one user and one item, got {num_users}, {num_items}")
+        if warm_items.shape != (num_items,):
+            raise ValueError(f"warm_items must have shape ({num_items},), got {tuple(warm_items.shape)}")
+        if cfg.use_text and text_dim <= 0:
+            raise ValueError("model.use_text needs text embeddings (text_dim > 0)")
+        self.cfg = cfg
+        self.user_emb = nn.Embedding(num_users, cfg.dim)
+        self.item_emb = nn.Embedding(num_items, cfg.dim)
+        nn.init.normal_(self.user_emb.weight, std=0.1)
+        nn.init.normal_(self.item_emb.weight, std=0.1)
+        self.register_buffer("warm", warm_items.float()[:, None], persistent=False)  # (I, 1)
+        self.text_in = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
+        self.text_out = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
+        self.fusion = (HistoryFusion(cfg.dim, cfg.history_len, cfg.transformer_layers, cfg.transformer_heads,
+                                     cfg.dropout) if cfg.use_transformer else None)
+        self.graph_encoder = graph_encoder
+
+    def node_inputs(self, text: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, D) user inputs, (I, D) item inputs: id embedding (warm items only) + text projection."""
+        h_item = self.item_emb.weight * self.warm
+        if self.text_in is not None:
+            h_item = h_item + self.text_in(text)
+        return self.user_emb.weight, h_item
+
+    def propagate(self, graph, text: torch.Tensor | None, edge_keep=None) -> tuple[torch.Tensor, torch.Tensor]:
+        h_user, h_item = self.node_inputs(text)
+        if self.graph_encoder is None or graph is None:
+            return h_user, h_item
+        return self.graph_encoder(graph, h_user, h_item, edge_keep=edge_keep)
+
+    def item_vectors(self, g_item: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """(I, D) item vectors: graph embedding fused with the item's text."""
+        return g_item + self.text_out(text) if self.text_out is not None else g_item
+
+    def user_vectors(self, g_user: torch.Tensor | None, history: torch.Tensor, mask: torch.Tensor,
+                     g_item: torch.Tensor) -> torch.Tensor:
+        """g_user (B, D) or None for anonymous users; history (B, L) item indices; mask (B, L) → (B, D)."""
+        if self.fusion is not None:
+            return self.fusion(g_user, g_item[history], mask)
+        if g_user is not None:
+            return g_user
+        m = mask.float()[..., None]
+        return (g_item[history] * m).sum(1) / m.sum(1).clamp(min=1.0)

@@ -1,0 +1,238 @@
+"""The saved Sora model and everything inference needs, without DGL (DESIGN.md §10 "Model and serving").
+
+A model directory holds:
+
+- ``config.json``        the full :class:`~sora.config.SoraConfig` it was trained with
+- ``model.safetensors``  learned weights (``model.*``) and fitted tensors: user / item vectors,
+                         history tokens, the item–item head (CSR), train and seen interactions (CSR)
+- ``meta.json``          id maps, split spec, data fingerprint, encoder id, item–item weight, history
+- ``items.parquet``      item metadata (id, title, …) for responses
+
+``Recommender.load(dir)`` is the only loader; the CLI, pipeline components, MLflow pyfunc and the
+BentoML service all use it. Scores are ``user · item`` plus ``alpha`` times the item–item head
+(the user's training items propagated over EASE-weighted item↔item edges).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+
+from sora.config import SoraConfig
+from sora.model import SoraModel
+
+log = logging.getLogger(__name__)
+
+
+class UnknownIdError(KeyError):
+    """A user or item id the model does not know."""
+
+
+def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[str, torch.Tensor]:
+    out = {f"{prefix}.indptr": torch.from_numpy(m.indptr.astype(np.int64)),
+           f"{prefix}.indices": torch.from_numpy(m.indices.astype(np.int64))}
+    if values:
+        out[f"{prefix}.values"] = torch.from_numpy(m.data.astype(np.float32))
+    return out
+
+
+def _csr_from(t: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int]) -> sp.csr_matrix:
+    indptr, indices = t[f"{prefix}.indptr"].numpy(), t[f"{prefix}.indices"].numpy()
+    data = t[f"{prefix}.values"].numpy() if f"{prefix}.values" in t else np.ones(len(indices), np.float32)
+    return sp.csr_matrix((data, indices, indptr), shape=shape)
+
+
+@dataclass
+class Recommender:
+    config: SoraConfig
+    model: SoraModel
+    user_ids: list[str]
+    item_ids: list[str]
+    items: pd.DataFrame
+    user_vectors: torch.Tensor  # (U, D)
+    item_vectors: torch.Tensor  # (I, D)
+    item_tokens: torch.Tensor  # (I, D) graph embeddings used as history tokens
+    history: torch.Tensor  # (U, L) most recent training items, padded with 0
+    history_mask: torch.Tensor  # (U, L) True where real
+    train: sp.csr_matrix  # (U, I) training interactions: the item–item head's input
+    seen: sp.csr_matrix  # (U, I) every known positive interaction: excluded when serving
+    ii: sp.csr_matrix | None  # (I, I) item–item head weights (row j: items reached from j)
+    alpha: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.user_index = {u: k for k, u in enumerate(self.user_ids)}
+        self.item_index = {i: k for k, i in enumerate(self.item_ids)}
+        self.titles = (self.items.set_index("item_id")["title"].astype(str).to_dict()
+                       if "title" in self.items else {})
+        self.model.eval()
+        self._ii_t = self.ii.T.tocsr() if self.ii is not None else None
+        pop = np.asarray(self.seen.sum(0)).ravel()
+        self.popularity = torch.from_numpy(pop.astype(np.float32))
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    # ------------------------------------------------------------------ scoring (indices)
+
+    def _ii_scores(self, x: sp.csr_matrix) -> torch.Tensor:
+        """(B, I) item–item head for history rows x (B, I)."""
+        if self.ii is None:
+            return torch.zeros(x.shape[0], self.num_items)
+        return torch.from_numpy(np.asarray((x @ self.ii).todense(), dtype=np.float32))
+
+    def score_users(self, users: np.ndarray, alpha: float | None = None) -> torch.Tensor:
+        """(B,) user indices → (B, I) scores."""
+        alpha = self.alpha if alpha is None else alpha
+        s = self.user_vectors[torch.as_tensor(users, dtype=torch.long)] @ self.item_vectors.T
+        if alpha:
+            s = s + alpha * self._ii_scores(self.train[users])
+        return s
+
+    @torch.no_grad()
+    def score_history(self, items: list[int]) -> torch.Tensor:
+        """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
+        L = self.config.model.history_len
+        recent = items[-L:]
+        hist = torch.zeros(1, L, dtype=torch.long)
+        mask = torch.zeros(1, L, dtype=torch.bool)
+        hist[0, : len(recent)] = torch.as_tensor(recent[::-1])
+        mask[0, : len(recent)] = True
+        u = self.model.user_vectors(None, hist, mask, self.item_tokens)  # (1, D)
+        s = (u @ self.item_vectors.T)[0]
+        if self.alpha and self.ii is not None:
+            x = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items)), items)), shape=(1, self.num_items))
+            x.data[:] = 1.0
+            s = s + self.alpha * self._ii_scores(x)[0]
+        return s
+
+    # ------------------------------------------------------------------ id-level API
+
+    def _user(self, user_id: str) -> int:
+        try:
+            return self.user_index[str(user_id)]
+        except KeyError:
+            raise UnknownIdError(f"unknown user_id {user_id!r}") from None
+
+    def _item(self, item_id: str) -> int:
+        try:
+            return self.item_index[str(item_id)]
+        except KeyError:
+            raise UnknownIdError(f"unknown item_id {item_id!r}") from None
+
+    def _results(self, scores: torch.Tensor, k: int, exclude: np.ndarray | None = None) -> list[dict[str, Any]]:
+        scores = scores.clone()
+        if exclude is not None and len(exclude):
+            scores[torch.as_tensor(exclude, dtype=torch.long)] = -torch.inf
+        k = max(0, min(k, int(torch.isfinite(scores).sum())))
+        top = torch.topk(scores, k)
+        return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(v)}
+                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> list[dict[str, Any]]:
+        """Top-k items for a known user (items the user already interacted with excluded by default)."""
+        u = self._user(user_id)
+        with torch.no_grad():
+            scores = self.score_users(np.array([u]))[0]
+        exclude = self.seen[u].indices if exclude_seen else None
+        return self._results(scores, k, exclude)
+
+    def recommend_popular(self, k: int = 10, exclude: list[str] | None = None) -> list[dict[str, Any]]:
+        """Most popular items: the explicit fallback for unknown users."""
+        ex = np.array([self.item_index[i] for i in exclude or [] if i in self.item_index], dtype=np.int64)
+        return self._results(self.popularity, k, ex)
+
+    def recommend_from_history(self, item_ids: list[str], k: int = 10) -> tuple[list[dict[str, Any]], list[str]]:
+        """Top-k for an anonymous user from a history of item ids. Returns (items, ignored unknown ids)."""
+        known = [self.item_index[str(i)] for i in item_ids if str(i) in self.item_index]
+        ignored = [str(i) for i in item_ids if str(i) not in self.item_index]
+        if not known:
+            raise UnknownIdError(f"none of the history's item ids is known: {ignored[:5]}")
+        return self._results(self.score_history(known), k, np.array(known)), ignored
+
+    def similar_items(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
+        """Items whose fused vectors are closest (cosine) to ``item_id``'s."""
+        i = self._item(item_id)
+        v = torch.nn.functional.normalize(self.item_vectors, dim=1)
+        return self._results(v @ v[i], k, np.array([i]))
+
+    def score(self, user_id: str, item_ids: list[str]) -> list[dict[str, Any]]:
+        """Scores of the given items for a user, in the order given."""
+        u = self._user(user_id)
+        idx = [self._item(i) for i in item_ids]
+        with torch.no_grad():
+            s = self.score_users(np.array([u]))[0]
+        return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(s[i])}
+                for i in idx]
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model directory atomically: a half-written model never replaces a good one."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            tensors.update({
+                "user_vectors": self.user_vectors.contiguous(), "item_vectors": self.item_vectors.contiguous(),
+                "item_tokens": self.item_tokens.contiguous(), "history": self.history.contiguous(),
+                "history_mask": self.history_mask.contiguous(),
+                **_csr_tensors("train", self.train), **_csr_tensors("seen", self.seen),
+            })
+            if self.ii is not None:
+                tensors.update(_csr_tensors("ii", self.ii, values=True))
+            save_file(tensors, str(tmp / "model.safetensors"))
+            self.config.save(tmp / "config.json")
+            meta = {**self.meta, "user_ids": self.user_ids, "item_ids": self.item_ids, "alpha": self.alpha,
+                    "has_ii": self.ii is not None}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+            self.items.to_parquet(tmp / "items.parquet", index=False)
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                directory.rename(old)
+            tmp.rename(directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Recommender:
+        directory = Path(directory)
+        if not (directory / "model.safetensors").exists():
+            raise FileNotFoundError(f"{directory}: not a Sora model directory (no model.safetensors)")
+        config = SoraConfig.load(directory / "config.json")
+        meta = json.loads((directory / "meta.json").read_text())
+        t = load_file(str(directory / "model.safetensors"))
+        nu, ni = len(meta["user_ids"]), len(meta["item_ids"])
+        model = SoraModel(config.model, nu, ni, int(meta.get("text_dim", 0)), torch.ones(ni))
+        model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=False)
+        items = pd.read_parquet(directory / "items.parquet")
+        ii = _csr_from(t, "ii", (ni, ni)) if meta.get("has_ii") else None
+        fields = {k: v for k, v in meta.items() if k not in ("user_ids", "item_ids", "alpha", "has_ii")}
+        return cls(config=config, model=model, user_ids=meta["user_ids"], item_ids=meta["item_ids"], items=items,
+                   user_vectors=t["user_vectors"], item_vectors=t["item_vectors"], item_tokens=t["item_tokens"],
+                   history=t["history"], history_mask=t["history_mask"].bool(),
+                   train=_csr_from(t, "train", (nu, ni)), seen=_csr_from(t, "seen", (nu, ni)), ii=ii,
+                   alpha=float(meta["alpha"]), meta=fields)

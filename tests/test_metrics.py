@@ -1,0 +1,50 @@
+"""Metrics against hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from sora.metrics import evaluate_scores, metrics_from_topk, rank_all
+
+
+def test_hand_computed_single_user():
+    m = metrics_from_topk(np.array([[1, 2, 3]]), [{2, 5}], ks=(1, 3), num_items=10)
+    assert m["recall@3"] == pytest.approx(0.5)
+    assert m["precision@3"] == pytest.approx(1 / 3)
+    assert m["hit@3"] == 1.0 and m["hit@1"] == 0.0
+    assert m["mrr@3"] == pytest.approx(0.5) and m["mrr@1"] == 0.0
+    dcg = 1 / math.log2(3)
+    idcg = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"] == pytest.approx(dcg / idcg)
+    assert m["coverage@3"] == pytest.approx(0.3) and m["coverage@1"] == pytest.approx(0.1)
+
+
+def test_perfect_and_empty_rankings_average_over_users():
+    m = metrics_from_topk(np.array([[4, 7], [0, 1]]), [{4, 7}, {9}], ks=(2,), num_items=10)
+    assert m["ndcg@2"] == pytest.approx(0.5) and m["recall@2"] == pytest.approx(0.5)
+    assert m["hit@2"] == pytest.approx(0.5) and m["mrr@2"] == pytest.approx(0.5)
+
+
+def test_ndcg_ideal_is_capped_at_k():
+    # 5 relevant items, K=2, both top slots hit → NDCG 1 (IDCG counts only K slots)
+    m = metrics_from_topk(np.array([[0, 1]]), [{0, 1, 2, 3, 4}], ks=(2,), num_items=5)
+    assert m["ndcg@2"] == pytest.approx(1.0) and m["recall@2"] == pytest.approx(0.4)
+
+
+def test_rank_all_excludes_and_restricts_and_batches():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    fn = lambda users: scores[torch.as_tensor(users)]  # noqa: E731
+    exclude = sp.csr_matrix(np.array([[1, 0, 0, 0], [0, 0, 0, 1]]))
+    top = rank_all(fn, np.array([0, 1]), 2, exclude=exclude, batch_size=1)
+    assert top.tolist() == [[1, 2], [2, 1]]
+    top = rank_all(fn, np.array([0, 1]), 2, candidates=np.array([0, 3]))
+    assert top.tolist() == [[0, 3], [3, 0]]
+
+
+def test_evaluate_scores_groups_pairs_by_user():
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.1, 0.2, 0.9]])
+    m = evaluate_scores(lambda u: scores[torch.as_tensor(u)], np.array([1, 0, 0]), np.array([2, 0, 2]), 3, ks=(1,))
+    assert m["hit@1"] == pytest.approx(1.0) and m["recall@1"] == pytest.approx(0.75)
