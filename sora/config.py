@@ -69,7 +69,8 @@ class GraphConfig:
     user_edges: str = "given"
     user_knn_k: int = 10
     cooccur_k: int = 10
-    ease_k: int = 200
+    #: Item–item head: EASE weights kept per item; 0 keeps the dense (I, I) matrix (best for small catalogues).
+    ease_k: int = 0
     ease_lambda: float = 300.0
     #: EASE needs a dense (I, I) inverse; above this many items the item–item head is skipped.
     ease_max_items: int = 20_000
@@ -101,12 +102,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     loss: str = "softmax"  # bpr | softmax (sampled softmax with in-batch negatives)
-    max_epochs: int = 60
-    batch_size: int = 2048
-    lr: float = 5e-3
+    max_epochs: int = 80
+    batch_size: int = 4096
+    lr: float = 1e-2
     weight_decay: float = 1e-4
     temperature: float = 0.2
-    patience: int = 5
+    patience: int = 8
     eval_every: int = 1
     seed: int = 2020
     device: str = "auto"  # auto | cpu | cuda

@@ -65,7 +65,7 @@ def rebuild_split(rec: Recommender, dataset: Dataset) -> Split:
 
 def mostpop_scores(x_train: sp.csr_matrix) -> ScoreFn:
     pop = torch.from_numpy(np.asarray(x_train.sum(0)).ravel().astype(np.float32))
-    return lambda users: pop.expand(len(users), -1)
+    return lambda users: pop.repeat(len(users), 1)
 
 
 def ease_scores(x_train: sp.csr_matrix, lam: float) -> ScoreFn:
@@ -73,12 +73,12 @@ def ease_scores(x_train: sp.csr_matrix, lam: float) -> ScoreFn:
     return lambda users: torch.from_numpy(np.asarray(x_train[users] @ b, dtype=np.float32))
 
 
-def bpr_scores(x_train: sp.csr_matrix, seed: int, factors: int = 64, iterations: int = 200) -> ScoreFn:
+def bpr_scores(x_train: sp.csr_matrix, seed: int, factors: int = 64, iterations: int = 100) -> ScoreFn:
     """BPR-MF from the `implicit` library."""
     from implicit.cpu.bpr import BayesianPersonalizedRanking
     from threadpoolctl import threadpool_limits
 
-    model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.05,
+    model = BayesianPersonalizedRanking(factors=factors, iterations=iterations, learning_rate=0.01,
                                         regularization=0.01, random_state=seed)
     with threadpool_limits(1, "blas"):
         model.fit(x_train.astype(np.float32), show_progress=False)

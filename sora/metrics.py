@@ -60,7 +60,7 @@ def rank_all(score_fn: ScoreFn, users: np.ndarray, k: int, exclude: sp.csr_matri
         batch_size = max(1, 50_000_000 // num_items)
     for s in range(0, len(users), batch_size):
         batch = users[s:s + batch_size]
-        scores = score_fn(batch).float().cpu()
+        scores = score_fn(batch).float().cpu().clone()  # score_fn may return a view (e.g. expanded popularity)
         if exclude is not None:
             rows = exclude[batch].tocoo()
             scores[torch.as_tensor(rows.row, dtype=torch.long), torch.as_tensor(rows.col, dtype=torch.long)] = -torch.inf

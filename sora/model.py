@@ -49,11 +49,11 @@ class HistoryFusion(nn.Module):
 
     def forward(self, user_token: torch.Tensor | None, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """user_token (B, D) or None (anonymous); items (B, L, D); mask (B, L) True where a real item."""
-        b, l, d = items.shape
+        b, n_hist, d = items.shape
         if user_token is None:
             user_token = self.anonymous.expand(b, d)
         tokens = torch.cat([user_token[:, None, :], items], dim=1)  # (B, L+1, D)
-        tokens = tokens + self.position.weight[: l + 1][None]
+        tokens = tokens + self.position.weight[: n_hist + 1][None]
         pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], dim=1)
         out = self.encoder(tokens, src_key_padding_mask=pad)  # (B, L+1, D)
         return self.out(out[:, 0]) + user_token  # residual keeps the graph signal

@@ -67,7 +67,7 @@ class Recommender:
     history_mask: torch.Tensor  # (U, L) True where real
     train: sp.csr_matrix  # (U, I) training interactions: the item–item head's input
     seen: sp.csr_matrix  # (U, I) every known positive interaction: excluded when serving
-    ii: sp.csr_matrix | None  # (I, I) item–item head weights (row j: items reached from j)
+    ii: sp.csr_matrix | np.ndarray | None  # (I, I) item–item head weights (row j: items reached from j)
     alpha: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -77,7 +77,6 @@ class Recommender:
         self.titles = (self.items.set_index("item_id")["title"].astype(str).to_dict()
                        if "title" in self.items else {})
         self.model.eval()
-        self._ii_t = self.ii.T.tocsr() if self.ii is not None else None
         pop = np.asarray(self.seen.sum(0)).ravel()
         self.popularity = torch.from_numpy(pop.astype(np.float32))
 
@@ -95,7 +94,8 @@ class Recommender:
         """(B, I) item–item head for history rows x (B, I)."""
         if self.ii is None:
             return torch.zeros(x.shape[0], self.num_items)
-        return torch.from_numpy(np.asarray((x @ self.ii).todense(), dtype=np.float32))
+        out = x @ self.ii
+        return torch.from_numpy(np.asarray(out.todense() if sp.issparse(out) else out, dtype=np.float32))
 
     def score_users(self, users: np.ndarray, alpha: float | None = None) -> torch.Tensor:
         """(B,) user indices → (B, I) scores."""
@@ -196,7 +196,9 @@ class Recommender:
                 "history_mask": self.history_mask.contiguous(),
                 **_csr_tensors("train", self.train), **_csr_tensors("seen", self.seen),
             })
-            if self.ii is not None:
+            if isinstance(self.ii, np.ndarray):
+                tensors["ii.dense"] = torch.from_numpy(self.ii)
+            elif self.ii is not None:
                 tensors.update(_csr_tensors("ii", self.ii, values=True))
             save_file(tensors, str(tmp / "model.safetensors"))
             self.config.save(tmp / "config.json")
@@ -229,7 +231,11 @@ class Recommender:
         model = SoraModel(config.model, nu, ni, int(meta.get("text_dim", 0)), torch.ones(ni))
         model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=False)
         items = pd.read_parquet(directory / "items.parquet")
-        ii = _csr_from(t, "ii", (ni, ni)) if meta.get("has_ii") else None
+        ii = None
+        if "ii.dense" in t:
+            ii = t["ii.dense"].numpy()
+        elif meta.get("has_ii"):
+            ii = _csr_from(t, "ii", (ni, ni))
         fields = {k: v for k, v in meta.items() if k not in ("user_ids", "item_ids", "alpha", "has_ii")}
         return cls(config=config, model=model, user_ids=meta["user_ids"], item_ids=meta["item_ids"], items=items,
                    user_vectors=t["user_vectors"], item_vectors=t["item_vectors"], item_tokens=t["item_tokens"],

@@ -13,6 +13,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -94,13 +95,15 @@ def recent_history(train: pd.DataFrame, num_users: int, length: int) -> tuple[to
     return hist, mask
 
 
-def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig) -> sp.csr_matrix | None:
-    """EASE coefficients on training data, top ``ease_k`` per source item, as a sparse (I, I) matrix."""
+def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig) -> sp.csr_matrix | np.ndarray | None:
+    """EASE coefficients on training data: dense (I, I) when ``graph.ease_k <= 0``, else top ``ease_k`` per item."""
     n = x_train.shape[1]
     if n > cfg.ease_max_items:
         log.warning("item-item head skipped: %d items > graph.ease_max_items=%d", n, cfg.ease_max_items)
         return None
     b = ease_weights(x_train, cfg.ease_lambda)
+    if cfg.ease_k <= 0 or cfg.ease_k >= n - 1:
+        return b
     src, dst, w = topk_dense(b, cfg.ease_k)
     return sp.csr_matrix((w, (src, dst)), shape=(n, n))
 
@@ -178,7 +181,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
         record = {"epoch": epoch, "loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - t0}
         if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
             rec = _fit(model, graph, dev, split, items, cfg, x_train, None, embeddings)
-            metrics = evaluate_scores(lambda b: rec.score_users(b, alpha=0.0), split.valid["u"].to_numpy(),
+            metrics = evaluate_scores(partial(rec.score_users, alpha=0.0), split.valid["u"].to_numpy(),
                                       split.valid["i"].to_numpy(), ni, (10, 20), exclude=x_train,
                                       candidates=valid_candidates, batch_size=cfg.eval.batch_size)
             record.update({f"valid_{k}": v for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "recall@20")})
