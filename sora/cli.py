@@ -146,6 +146,9 @@ def _add_model_commands(sub) -> None:
     except ImportError:  # pragma: no cover - the module ships with the package
         return
     cli_model.register(sub, _add_config_args)
+    from sora import cli_ops
+
+    cli_ops.register(sub, _add_config_args)
 
 
 def main(argv: list[str] | None = None) -> int:
