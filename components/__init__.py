@@ -65,11 +65,12 @@ def train(data_dir: str, config_overrides: str, split: Input[Dataset], embedding
 
 
 @component
-def evaluate(data_dir: str, model: Input[Model], metrics: Output[Metrics], report: Output[Artifact]):
+def evaluate(data_dir: str, run_baselines: bool, model: Input[Model], metrics: Output[Metrics],
+             report: Output[Artifact]):
     """Full-ranking metrics on the test set, beside MostPop, EASE, BPR-MF and LightGCN on the same split."""
     from sora.steps import evaluate_step
 
-    result = evaluate_step(model.path, data_dir, report.path)
+    result = evaluate_step(model.path, data_dir, report.path, baselines=run_baselines)
     for key, value in result["test"].items():
         metrics.log_metric(f"test_{key}", value)
     for name, m in result.get("baselines", {}).items():

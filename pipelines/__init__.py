@@ -56,7 +56,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                   "promote the Sora graph + text recommender.")
     def sora_training(data_dir: str, config_overrides: str = "", tracking_uri: str = "",
                       model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
-                      embedding_cache: str = ""):
+                      embedding_cache: str = "", run_baselines: bool = True):
         validated = c.validate(data_dir=data_dir, config_overrides=config_overrides)
         validated.set_caching_options(False)  # data may change under the same path
         with dsl.If(validated.outputs["passed"] == True, name="data-valid"):  # noqa: E712 - kfp condition
@@ -75,7 +75,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
                     kubernetes.add_node_selector(trained, label_key=key, label_value=value)
                 for tol in settings.gpu_tolerations:
                     kubernetes.add_toleration(trained, **tol)
-            evaluated = c.evaluate(data_dir=data_dir, model=trained.outputs["model"])
+            evaluated = c.evaluate(data_dir=data_dir, run_baselines=run_baselines, model=trained.outputs["model"])
             registered = with_secret(c.register(
                 tracking_uri=tracking_uri, model_name=model_name, model=trained.outputs["model"],
                 report=evaluated.outputs["report"], validation_report=validated.outputs["report"],

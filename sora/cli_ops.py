@@ -22,7 +22,8 @@ def _tracking_uri(args) -> str:
 def _arguments(args, data_dir: str) -> dict:
     return {"data_dir": data_dir, "config_overrides": ";".join(args.set or []), "tracking_uri": _tracking_uri(args),
             "model_name": args.model_name, "promotion_margin": args.margin, "gpu_count": args.gpus,
-            "embedding_cache": str(args.embedding_cache) if args.embedding_cache else ""}
+            "embedding_cache": str(args.embedding_cache) if args.embedding_cache else "",
+            "run_baselines": not args.no_baselines}
 
 
 def cmd_compile(args) -> int:
@@ -125,6 +126,7 @@ def register(sub, add_config_args) -> None:
         p.add_argument("--data", required=data_required, help="dataset directory (a path the steps can read)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
         p.add_argument("--workdir", default=".sora", help="local outputs (default .sora)")
+        p.add_argument("--no-baselines", action="store_true", help="skip the baselines in the evaluate step")
 
     pipe = sub.add_parser("pipeline", help="compile, run locally, submit or schedule the Kubeflow pipeline")
     ps = pipe.add_subparsers(dest="pipeline_command", required=True)

@@ -190,10 +190,10 @@ class Recommender:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            # clone: fitted tensors may share storage (e.g. item vectors == graph embeddings without text)
+            tensors.update({k: getattr(self, k).detach().clone().contiguous() for k in
+                            ("user_vectors", "item_vectors", "item_tokens", "history", "history_mask")})
             tensors.update({
-                "user_vectors": self.user_vectors.contiguous(), "item_vectors": self.item_vectors.contiguous(),
-                "item_tokens": self.item_tokens.contiguous(), "history": self.history.contiguous(),
-                "history_mask": self.history_mask.contiguous(),
                 **_csr_tensors("train", self.train), **_csr_tensors("seen", self.seen),
             })
             if isinstance(self.ii, np.ndarray):

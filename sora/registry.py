@@ -225,14 +225,14 @@ def compare(tracking_uri: str, model_name: str, challenger_version: str, dataset
     ks = rec.config.eval.ks
     ch_metrics = evaluate_split(rec.score_users, split, "test", ks)
     champ = _version_by_alias(client, model_name, "champion")
-    if champ is None or champ.version == challenger_version:
+    if champ is None or str(champ.version) == str(challenger_version):
         ref = evaluate_split(mostpop_scores(_matrix(split, ("train",))), split, "test", ks)
         decision = decide(ch_metrics, ref, margin, "mostpop", challenger_version, None)
         decision.reason = "no champion yet; " + decision.reason
     else:
         champion_rec = load_version(tracking_uri, f"models:/{model_name}/{champ.version}")
         ref = evaluate_split(aligned_scores(champion_rec, split), split, "test", ks)
-        decision = decide(ch_metrics, ref, margin, "champion", challenger_version, champ.version)
+        decision = decide(ch_metrics, ref, margin, "champion", str(challenger_version), str(champ.version))
     tags = {"promotion.decision": "promote" if decision.promote else "keep champion",
             "promotion.reason": decision.reason[:5000],
             "promotion.reference": decision.reference,
@@ -251,7 +251,7 @@ def promote(tracking_uri: str, model_name: str, version: str) -> str | None:
     """Point ``champion`` at ``version``; remember the version it replaced. Returns that version."""
     client = _client(tracking_uri)
     current = _version_by_alias(client, model_name, "champion")
-    previous = current.version if current is not None else None
+    previous = str(current.version) if current is not None else None
     if previous == str(version):
         return previous
     client.set_registered_model_alias(model_name, "champion", str(version))
@@ -270,8 +270,8 @@ def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
     if not previous:
         raise ValueError(f"{model_name} v{current.version} has no previous champion to roll back to")
     client.set_registered_model_alias(model_name, "champion", previous)
-    client.set_model_version_tag(model_name, current.version, "rolled_back", "true")
-    return current.version, previous
+    client.set_model_version_tag(model_name, str(current.version), "rolled_back", "true")
+    return str(current.version), previous
 
 
 def show(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
@@ -290,7 +290,7 @@ def show(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
     rows = []
     for mv in sorted(versions, key=lambda m: int(m.version)):
         metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-        rows.append({"version": mv.version, "aliases": sorted(aliases.get(str(mv.version), [])),
+        rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
                      "test_ndcg@10": metrics.get("test_ndcg_at_10"), "decision": mv.tags.get("promotion.decision", ""),
                      "reason": mv.tags.get("promotion.reason", ""), "run_id": mv.run_id})
     return rows

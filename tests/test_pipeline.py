@@ -1,0 +1,77 @@
+"""The pipeline compiles to a valid PipelineSpec and runs end to end with kfp.local."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from sora.cli import main
+from tests.conftest import make_dataset
+
+
+def test_compiled_yaml_is_a_pipeline_spec_with_gpu_on_train(tmp_path):
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "-o", str(out)]) == 0
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name == "sora-training"
+    train = spec.deployment_spec["executors"]["exec-train"]["container"]
+    accel = train["resources"]["accelerator"]
+    assert accel["resourceType"] == "nvidia.com/gpu" and "gpu_count" in accel["resourceCount"]
+    params = spec.root.input_definitions.parameters
+    assert {"data_dir", "tracking_uri", "model_name", "promotion_margin", "gpu_count"} <= set(params)
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-train"]["nodeSelector"] and platform["exec-train"]["tolerations"]
+    assert platform["exec-register"]["secretAsEnv"][0]["secretName"] == "sora-mlflow"
+    images = {e["container"]["image"] for e in spec.deployment_spec["executors"].values()}
+    assert any("sora-trainer" in i for i in images) and any(i.endswith("/sora:0.1.0") for i in images)
+
+
+def _run(tmp_path, data, *overrides, margin="0.0"):
+    argv = ["pipeline", "run", "--local", "--data", str(data), "--workdir", str(tmp_path / "work"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-baselines", "--margin", margin,
+            "--embedding-cache", str(tmp_path / "cache"),
+            "--set", "text.model=hash:16", "--set", "train.batch_size=128", "--set", "model.history_len=4",
+            "--set", "train.patience=20"]
+    for o in overrides:
+        argv += ["--set", o]
+    return main(argv)
+
+
+def _champion(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return str(client.get_model_version_by_alias("sora", "champion").version)
+
+
+@pytest.mark.slow
+def test_local_runs_promote_only_better_models_and_stop_on_bad_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_dataset(n_users=60, n_items=120).save(data, fmt="csv")
+    # 1: a small model without the item–item head becomes the first champion (it beats MostPop)
+    assert _run(tmp_path, data, "train.max_epochs=6", "model.dim=16", "model.use_item_item_score=false") == 0
+    assert _champion(tmp_path) == "1"
+    # 2: a deliberately worse one (1 epoch, 2 dims, no text) is registered but not promoted
+    assert _run(tmp_path, data, "train.max_epochs=1", "model.dim=2", "model.use_text=false",
+                "model.use_item_item_score=false") == 0
+    assert _champion(tmp_path) == "1"
+    assert "keep champion" in capsys.readouterr().out
+    # 3: a better one (the full model, with its item–item head) replaces it
+    assert _run(tmp_path, data, "train.max_epochs=6", "model.dim=16") == 0
+    assert _champion(tmp_path) == "3"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_model_version("sora", "3").tags["previous_champion"] == "1"
+    cards = list((tmp_path / "work" / "pipeline_runs").rglob("card"))
+    assert cards and any("PROMOTED" in Path(c).read_text() for c in cards)
+    # 4: data that fails validation registers nothing and fails the run
+    bad = tmp_path / "bad"
+    ds = make_dataset(n_users=60, n_items=120)
+    ds.interactions.loc[3, "rating"] = 42.0
+    ds.save(bad, fmt="csv")
+    assert _run(tmp_path, bad, "train.max_epochs=2") == 1
+    assert len(client.search_model_versions("name='sora'")) == 3
+    reports = list((tmp_path / "work" / "pipeline_runs").rglob("validate/summary"))
+    assert any(not json.loads(Path(r).read_text())["passed"] for r in reports)

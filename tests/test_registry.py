@@ -1,0 +1,112 @@
+"""Registry against a real `mlflow server` on loopback (SQLite backend) and the promotion rules."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from sora import registry
+from sora.config import SoraConfig
+from sora.evaluate import evaluate_model
+from sora.text import HashEncoder
+from sora.train import prepare, train_model
+from tests.conftest import make_dataset
+
+
+def test_decide_margin_and_guards():
+    ch = {"ndcg@10": 0.30, "recall@20": 0.40, "coverage@20": 0.30}
+    champ = {"ndcg@10": 0.28, "recall@20": 0.40, "coverage@20": 0.30}
+    assert registry.decide(ch, champ, 0.0, "champion", "2", "1").promote
+    assert not registry.decide(ch, champ, 0.10, "champion", "2", "1").promote  # 0.30 < 0.28 * 1.1
+    assert not registry.decide(champ, champ, 0.0, "champion", "2", "1").promote  # a tie keeps the champion
+    worse_cov = {**ch, "coverage@20": 0.20}
+    d = registry.decide(worse_cov, champ, 0.05, "champion", "2", "1")
+    assert not d.promote and "coverage@20" in d.reason
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _model(tmp: Path, epochs: int, dim: int, name: str):
+    ds = make_dataset(n_users=60, n_items=120)
+    cfg = SoraConfig().with_overrides(["text.model=hash:16", f"model.dim={dim}", f"train.max_epochs={epochs}",
+                                       "train.batch_size=128", "model.history_len=4", "train.patience=20"])
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+    rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
+    rec.save(tmp / name)
+    return ds, tmp / name, evaluate_model(rec, split, cfg, ("mostpop",))
+
+
+@pytest.mark.slow
+def test_register_compare_promote_rollback_on_a_real_server(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    uri = registry.resolve_tracking_uri(None, {"MLFLOW_TRACKING_URI": mlflow_server})
+    assert uri == mlflow_server
+    ds, good_dir, good_report = _model(tmp_path, 8, 16, "good")
+    _, bad_dir, bad_report = _model(tmp_path, 1, 2, "bad")
+    assert good_report["test"]["ndcg@10"] > bad_report["test"]["ndcg@10"]
+
+    v1 = registry.log_and_register(uri, "sora-test", good_dir, good_report).version
+    d1 = registry.compare(uri, "sora-test", v1, ds, 0.0, challenger_dir=good_dir)
+    assert d1.promote and d1.reference == "mostpop"
+    registry.promote(uri, "sora-test", v1)
+
+    # a deliberately worse challenger is not promoted
+    v2 = registry.log_and_register(uri, "sora-test", bad_dir, bad_report).version
+    d2 = registry.compare(uri, "sora-test", v2, ds, 0.0)  # challenger downloaded from the server
+    assert not d2.promote and d2.champion_version == v1
+    client = mlflow.MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("sora-test", "champion").version) == v1
+    tags = client.get_model_version("sora-test", v2).tags
+    assert tags["promotion.decision"] == "keep champion" and "does not beat" in tags["promotion.reason"]
+
+    # the pyfunc behind the challenger alias answers top-k for a user id
+    model = mlflow.pyfunc.load_model("models:/sora-test@challenger")
+    out = model.predict(pd.DataFrame({"user_id": ["u3"], "k": [5]}))
+    assert list(out.columns) == ["user_id", "rank", "item_id", "title", "score"] and len(out) == 5
+
+    # promoting by hand, then rolling back, returns to the version that held champion before
+    registry.promote(uri, "sora-test", v2)
+    assert registry.rollback(uri, "sora-test") == (v2, v1)
+    assert str(client.get_model_version_by_alias("sora-test", "champion").version) == v1
+    rows = registry.show(uri, "sora-test")
+    assert [r["version"] for r in rows] == [v1, v2] and "champion" in rows[0]["aliases"]
+    run = client.get_run(client.get_model_version("sora-test", v1).run_id)
+    assert "test_ndcg_at_10" in run.data.metrics and "train.max_epochs" in run.data.params
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert len(history) == 8  # one point per epoch
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/training_curves.png" in arts
