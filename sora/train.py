@@ -152,11 +152,6 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     graph, dev = _to_device(graph, {"text": text, "hist": hist, "hmask": hmask, "log_q": log_q}, device)
     pairs = x_train.tocoo()
     pu, pi = torch.from_numpy(pairs.row.astype(np.int64)), torch.from_numpy(pairs.col.astype(np.int64))
-    if model.fusion is not None:
-        # A target inside its user's history window would be visible to the Transformer; those pairs
-        # only serve as history tokens (the window holds the user's L most recent items).
-        inside = ((hist[pu] == pi[:, None]) & hmask[pu]).any(1)
-        pu, pi = pu[~inside], pi[~inside]
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
 
@@ -210,12 +205,7 @@ def _step_loss(model: SoraModel, graph, dev, u, i, num_items: int, tc, gen) -> t
     mc = model.cfg
     g_user, g_item = model.propagate(graph, dev["text"])
     item_vecs = model.item_vectors(g_item, dev["text"])
-    # The Transformer runs once per distinct user of the batch (far fewer than pairs), then is gathered.
-    users, back = torch.unique(u, return_inverse=True)
-    user_tok = g_user[users]
-    if model.fusion is not None and mc.anonymous_prob > 0 and torch.rand((), generator=gen) < mc.anonymous_prob:
-        user_tok = None
-    uv = model.user_vectors(user_tok, dev["hist"][users], dev["hmask"][users], g_item)[back]  # (B, D)
+    uv = _batch_user_vectors(model, g_user, g_item, dev["hist"], dev["hmask"], u, i, gen)  # (B, D)
     if tc.loss == "softmax":
         # (B, B): in-batch negatives, with the logQ correction for their popularity-biased sampling
         logits = uv @ item_vecs[i].T / tc.temperature - dev["log_q"][i][None, :]
@@ -230,6 +220,30 @@ def _step_loss(model: SoraModel, graph, dev, u, i, num_items: int, tc, gen) -> t
     if tc.contrastive_weight > 0 and model.graph_encoder is not None:
         loss = loss + tc.contrastive_weight * _contrastive(model, graph, dev, u, i, tc, gen)
     return loss
+
+
+def _batch_user_vectors(model: SoraModel, g_user, g_item, hist, hmask, u, i, gen) -> torch.Tensor:
+    """User vectors for the batch's (user, target) pairs; the target is never among its own history tokens.
+
+    Pairs whose target lies outside the user's history window share one Transformer pass per distinct
+    user (far fewer than pairs); pairs whose target is inside it get their own pass with that token masked.
+    """
+    if model.fusion is None:
+        return g_user[u]
+    anonymous = model.cfg.anonymous_prob > 0 and bool(torch.rand((), generator=gen) < model.cfg.anonymous_prob)
+    inside = ((hist[u] == i[:, None]) & hmask[u]).any(1)
+    out = torch.zeros(len(u), g_user.shape[1], device=g_user.device)
+    rest = torch.nonzero(~inside).squeeze(1)
+    if len(rest):
+        users, back = torch.unique(u[rest], return_inverse=True)
+        shared = model.user_vectors(None if anonymous else g_user[users], hist[users], hmask[users], g_item)
+        out = out.index_copy(0, rest, shared[back])
+    own = torch.nonzero(inside).squeeze(1)
+    if len(own):
+        uo, io = u[own], i[own]
+        mask = hmask[uo] & (hist[uo] != io[:, None])
+        out = out.index_copy(0, own, model.user_vectors(None if anonymous else g_user[uo], hist[uo], mask, g_item))
+    return out
 
 
 def _contrastive(model, graph, dev, u, i, tc, gen) -> torch.Tensor:
