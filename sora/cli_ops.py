@@ -116,6 +116,27 @@ def cmd_registry(args) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args) -> int:
+    """Start ``bentoml serve sora_serving.service:SoraService`` with the model source in its environment."""
+    import subprocess
+
+    env = dict(os.environ)
+    if args.model:
+        env["SORA_MODEL_DIR"] = str(Path(args.model).resolve())
+    else:
+        env.pop("SORA_MODEL_DIR", None)
+        env["SORA_MODEL_URI"] = args.model_uri
+        env["MLFLOW_TRACKING_URI"] = _tracking_uri(args)
+    env["SORA_POLL_INTERVAL_S"] = str(args.poll_interval)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "sora_serving.service:SoraService",
+           "--host", args.host, "--port", str(args.port)]
+    print(f"serving {args.model or args.model_uri} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def register(sub, add_config_args) -> None:
     def common(p, data_required=False):
         p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///.sora/mlflow.db)")
@@ -148,6 +169,16 @@ def register(sub, add_config_args) -> None:
             p.add_argument("--cron", required=True, help="6-field cron, e.g. '0 0 3 * * *' (daily 03:00)")
         common(p, data_required=True)
         p.set_defaults(func=fn)
+
+    p = sub.add_parser("serve", help="start the BentoML service (JSON APIs, /livez, /readyz, /metrics)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model-uri", default="models:/sora@champion", help="registry URI, polled for alias moves")
+    src.add_argument("--model", help="a local model directory instead of the registry")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--poll-interval", type=float, default=30.0, help="seconds between alias checks")
+    p.set_defaults(func=cmd_serve)
 
     reg = sub.add_parser("registry", help="show versions, promote a version, roll back the champion")
     rs = reg.add_subparsers(dest="registry_command", required=True)

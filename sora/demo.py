@@ -26,15 +26,21 @@ def _step(title: str, argv: list[str]) -> None:
 def run(workdir: Path) -> None:
     data, out = workdir / "ml-100k", workdir / "out"
     out.mkdir(parents=True, exist_ok=True)
-    _step("fetch", ["data", "fetch", "movielens-100k", "--dest", str(data)])
+    if not (data / "interactions.csv").exists():
+        _step("fetch", ["data", "fetch", "movielens-100k", "--dest", str(data)])
     _step("validate", ["data", "validate", "--data", str(data), "--report", str(out / "validation.html"),
                        "--json", str(out / "validation.json")])
-    _step("embed", ["embed", "--data", str(data), "--out", str(out / "item_embeddings.parquet")])
+    # validate → prepare → embed → train → evaluate → register → compare → promote, with kfp.local;
+    # MLflow on sqlite:///.sora/mlflow.db unless MLFLOW_TRACKING_URI says otherwise.
+    _step("pipeline", ["pipeline", "run", "--local", "--data", str(data), "--workdir", str(workdir.parent)])
+    print(f"\nKubeflow outputs of each step (HTML report, metrics, model card, curves): "
+          f"{(workdir.parent / 'pipeline_runs').resolve()}")
 
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", type=Path, default=Path(".sora/demo"))
+    parser.add_argument("--workdir", type=Path, default=Path(".sora/demo"),
+                        help="data and reports go here; pipeline outputs beside it")
     args = parser.parse_args(argv)
     run(args.workdir)
     return 0
