@@ -202,7 +202,6 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
 
 
 def _step_loss(model: SoraModel, graph, dev, u, i, num_items: int, tc, gen) -> torch.Tensor:
-    mc = model.cfg
     g_user, g_item = model.propagate(graph, dev["text"])
     item_vecs = model.item_vectors(g_item, dev["text"])
     uv = _batch_user_vectors(model, g_user, g_item, dev["hist"], dev["hmask"], u, i, gen)  # (B, D)
