@@ -18,15 +18,36 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     if args.device:
         cfg.train.device = args.device
+    rank = _init_distributed(cfg.train.device)
     ds = load_dataset(args.data)
-    split, emb = prepare(ds, cfg, cache=EmbeddingCache(args.cache or default_cache_dir() / "embeddings"))
-    result = train_model(split, emb, ds.items, cfg, ds.user_edges)
+    split, emb = prepare(ds, cfg, cache=EmbeddingCache(args.cache or default_cache_dir() / "embeddings"),
+                         progress=rank == 0)
+    result = train_model(split, emb, ds.items, cfg, ds.user_edges, progress=rank == 0)
+    if rank > 0:
+        return EXIT_OK  # every rank holds the same weights; rank 0 writes them
     result.recommender.save(args.out)
     v = result.valid
     print(f"trained in {result.seconds:.1f}s, best epoch {result.best_epoch}/{len(result.history)}: "
           f"valid ndcg@10 {v.get('ndcg@10', 0):.4f}, recall@10 {v.get('recall@10', 0):.4f}")
     print(f"model: {Path(args.out).resolve()}")
     return EXIT_OK
+
+
+def _init_distributed(device: str) -> int:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns this rank."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank()
 
 
 def cmd_evaluate(args) -> int:

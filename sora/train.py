@@ -155,21 +155,24 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
 
+    rank, world = _distributed()
     valid_candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
     history: list[dict[str, Any]] = []
     best = (-1.0, 0, None)
-    bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress)
+    bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0)
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(len(pu), generator=gen)
         total, steps = 0.0, 0
-        for s in range(0, len(order), tc.batch_size):
-            idx = order[s:s + tc.batch_size]
+        for s in range(0, len(order) - world + 1, tc.batch_size):
+            idx = order[s:s + tc.batch_size][rank::world]  # data parallel: each rank its share of the batch
             u, i = pu[idx].to(device), pi[idx].to(device)
             loss = _step_loss(model, graph, dev, u, i, ni, tc, gen)
             opt.zero_grad()
             loss.backward()
+            if world > 1:
+                _average_gradients(model, world)
             opt.step()
             total += float(loss)
             steps += 1
@@ -199,6 +202,33 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     rec.meta["train_seconds"] = result.seconds
     rec.meta["valid"] = valid
     return result
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) when launched under torchrun with a process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    """All-reduce and average gradients, so every rank takes the same optimiser step.
+
+    This is what DistributedDataParallel does after backward; Sora's forward is several calls around
+    one full-graph propagation, so the reduction is done explicitly rather than through DDP's hooks.
+    A parameter a rank did not use this step contributes zeros, keeping every rank in the collective.
+    """
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
 
 
 def _step_loss(model: SoraModel, graph, dev, u, i, num_items: int, tc, gen) -> torch.Tensor:
