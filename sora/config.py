@@ -108,6 +108,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.2
     patience: int = 8
+    #: Epochs before the best-epoch selection starts (the first epochs' valid metric is not
+    #: informative: on cold items the barely trained text projection can score a lucky first epoch).
+    warmup_epochs: int = 5
+    #: Early stopping is not considered before this epoch.
+    min_epochs: int = 15
     eval_every: int = 1
     seed: int = 2020
     device: str = "auto"  # auto | cpu | cuda

@@ -183,12 +183,13 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
                                       split.valid["i"].to_numpy(), ni, (10, 20), exclude=x_train,
                                       candidates=valid_candidates, batch_size=cfg.eval.batch_size)
             record.update({f"valid_{k}": v for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "recall@20")})
-            if metrics["ndcg@10"] > best[0]:
+            selectable = epoch >= min(tc.warmup_epochs, tc.max_epochs)
+            if selectable and metrics["ndcg@10"] > best[0]:
                 best = (metrics["ndcg@10"], epoch, copy.deepcopy(model.state_dict()))
             bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
         history.append(record)
         log.debug("epoch %s", record)
-        if epoch - best[1] >= tc.patience:
+        if epoch >= max(tc.min_epochs, tc.warmup_epochs) and epoch - best[1] >= tc.patience:
             log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best[1], best[0])
             break
     bar.close()
