@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,13 @@ def make_dataset(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed:
         inter[col] = inter[col].astype("string")
     items["item_id"] = items["item_id"].astype("string")
     return Dataset(interactions=inter, items=items, users=users, user_edges=edges)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

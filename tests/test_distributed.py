@@ -1,12 +1,13 @@
 """Data-parallel training under torchrun (2 CPU processes, gloo): both ranks end with the same weights."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +41,7 @@ def test_two_ranks_agree_on_final_weights(tmp_path):
     script.write_text(SCRIPT)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "SORA_TESTS_ROOT": root, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # torchrun's static rendezvous needs a concrete port
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                           "--master_addr=127.0.0.1", f"--master_port={port}",
                           str(script)], capture_output=True, text=True, env=env, timeout=600)

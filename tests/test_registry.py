@@ -1,6 +1,5 @@
 """Registry against a real `mlflow server` on loopback (SQLite backend) and the promotion rules."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from sora.config import SoraConfig
 from sora.evaluate import evaluate_model
 from sora.text import HashEncoder
 from sora.train import prepare, train_model
-from tests.conftest import make_dataset
+from tests.conftest import free_port, make_dataset
 
 
 def test_decide_margin_and_guards():
@@ -30,16 +29,10 @@ def test_decide_margin_and_guards():
     assert not d.promote and "coverage@20" in d.reason
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,15 +16,9 @@ from sora import registry
 from sora.config import SoraConfig
 from sora.text import HashEncoder
 from sora.train import prepare, train_model
-from tests.conftest import make_dataset
+from tests.conftest import free_port, make_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(base, path, body, raw=None):
@@ -49,7 +42,7 @@ def _get(base, path):
 
 
 def _serve(args, env_extra=None):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **(env_extra or {})}
     proc = subprocess.Popen([sys.executable, "-m", "sora.cli", "serve", "--port", str(port), *args],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
