@@ -59,8 +59,8 @@ def test_local_runs_promote_only_better_models_and_stop_on_bad_data(tmp_path, ca
                 "model.use_item_item_score=false") == 0
     assert _champion(tmp_path) == "1"
     assert "keep champion" in capsys.readouterr().out
-    # 3: a better one (the full model, with its item–item head) replaces it
-    assert _run(tmp_path, data, "train.max_epochs=6", "model.dim=16") == 0
+    # 3: a better one (twice the epochs; 0.324 vs 0.314 test NDCG@10, deterministic on CPU) replaces it
+    assert _run(tmp_path, data, "train.max_epochs=12", "model.dim=16") == 0
     assert _champion(tmp_path) == "3"
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_model_version("sora", "3").tags["previous_champion"] == "1"
