@@ -118,8 +118,6 @@ def cmd_registry(args) -> int:
 
 def cmd_serve(args) -> int:
     """Start ``bentoml serve sora_serving.service:SoraService`` with the model source in its environment."""
-    import subprocess
-
     env = dict(os.environ)
     if args.model:
         env["SORA_MODEL_DIR"] = str(Path(args.model).resolve())
@@ -131,10 +129,10 @@ def cmd_serve(args) -> int:
     cmd = [sys.executable, "-m", "bentoml", "serve", "sora_serving.service:SoraService",
            "--host", args.host, "--port", str(args.port)]
     print(f"serving {args.model or args.model_uri} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    # Replace this process with bentoml's, so signals (Ctrl-C, SIGTERM from a supervisor or a test)
+    # reach the server directly and no orphaned server outlives `sora serve`.
+    os.execve(sys.executable, cmd, env)
+    return EXIT_OK  # not reached
 
 
 def register(sub, add_config_args) -> None:
