@@ -69,8 +69,9 @@ def cmd_run(args) -> int:
     champion = next((r for r in rows if "champion" in r["aliases"]), None)
     if champion:
         print(f"champion: {args.model_name} v{champion['version']} (test ndcg@10 {champion['test_ndcg@10']:.4f})")
-    print(f"MLflow UI:  mlflow ui --backend-store-uri {uri}")
-    print(f"serve it:   MLFLOW_TRACKING_URI={uri} sora serve --model-uri models:/{args.model_name}@champion")
+    bindir = Path(sys.executable).parent  # the environment's own scripts, also when it is not activated
+    print(f"MLflow UI:  {bindir / 'mlflow'} ui --backend-store-uri {uri}")
+    print(f"serve it:   MLFLOW_TRACKING_URI={uri} {bindir / 'sora'} serve --model-uri models:/{args.model_name}@champion")
     return EXIT_OK
 
 
