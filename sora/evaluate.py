@@ -20,7 +20,7 @@ import torch
 
 from sora.config import SoraConfig
 from sora.data import DataError, Dataset
-from sora.itemsim import ease_weights, interaction_matrix
+from sora.itemsim import ease_weights
 from sora.metrics import evaluate_scores
 from sora.recommender import Recommender
 from sora.split import Split, make_split
@@ -33,14 +33,9 @@ COLD_BASELINES = ("mostpop", "textknn")
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 
 
-def _matrix(split: Split, parts: tuple[str, ...]) -> sp.csr_matrix:
-    df = pd.concat([split.part(p) for p in parts])
-    return interaction_matrix(df["u"].to_numpy(), df["i"].to_numpy(), split.num_users, split.num_items)
-
-
 def evaluate_split(score_fn: ScoreFn, split: Split, part: str, ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, float]:
     """Full-ranking metrics of ``score_fn`` on ``part`` ('valid' or 'test') of ``split``."""
-    exclude = _matrix(split, ("train",) if part == "valid" else ("train", "valid"))
+    exclude = split.matrix("train") if part == "valid" else split.matrix("train", "valid")
     cold = split.spec.mode == "cold-item"
     candidates = (split.cold_valid_items if part == "valid" else split.cold_test_items) if cold else None
     df = split.part(part)
@@ -105,7 +100,7 @@ def lightgcn_config(cfg: SoraConfig) -> SoraConfig:
 def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddings: ItemEmbeddings | None = None,
                   items: pd.DataFrame | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
     """Fit each baseline on the split's training part; return test metrics (plus fit seconds) per baseline."""
-    x_train = _matrix(split, ("train",))
+    x_train = split.matrix("train")
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         start = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 
 from sora.config import SoraConfig
 from sora.data import Dataset
-from sora.evaluate import _matrix, evaluate_split, mostpop_scores, rebuild_split
+from sora.evaluate import evaluate_split, mostpop_scores, rebuild_split
 from sora.recommender import Recommender
 from sora.split import Split
 
@@ -226,7 +226,7 @@ def compare(tracking_uri: str, model_name: str, challenger_version: str, dataset
     ch_metrics = evaluate_split(rec.score_users, split, "test", ks)
     champ = _version_by_alias(client, model_name, "champion")
     if champ is None or str(champ.version) == str(challenger_version):
-        ref = evaluate_split(mostpop_scores(_matrix(split, ("train",))), split, "test", ks)
+        ref = evaluate_split(mostpop_scores(split.matrix("train")), split, "test", ks)
         decision = decide(ch_metrics, ref, margin, "mostpop", challenger_version, None)
         decision.reason = "no champion yet; " + decision.reason
     else:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from sora.config import SplitConfig
 from sora.data import Dataset, timestamps_to_seconds
@@ -61,6 +62,13 @@ class Split:
     @property
     def num_items(self) -> int:
         return len(self.item_ids)
+
+    def matrix(self, *parts: str) -> sp.csr_matrix:
+        """Binary (U, I) matrix of the interactions in ``parts`` (e.g. ``"train", "valid"``)."""
+        from sora.itemsim import interaction_matrix
+
+        df = pd.concat([self.part(p) for p in parts])
+        return interaction_matrix(df["u"].to_numpy(), df["i"].to_numpy(), self.num_users, self.num_items)
 
     def part(self, name: str) -> pd.DataFrame:
         if name not in PARTS:

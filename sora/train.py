@@ -314,12 +314,7 @@ def _fit(model: SoraModel, graph, dev, split: Split, items: pd.DataFrame, cfg: S
     return Recommender(config=cfg, model=cpu_model, user_ids=split.user_ids, item_ids=split.item_ids,
                        items=item_meta, user_vectors=torch.cat(users).cpu(), item_vectors=item_vecs.cpu(),
                        item_tokens=g_item.cpu(), history=dev["hist"].cpu(), history_mask=dev["hmask"].cpu(),
-                       train=x_train, seen=all_positives_from(split), ii=ii, alpha=0.0, meta=meta)
-
-
-def all_positives_from(split: Split) -> sp.csr_matrix:
-    parts = pd.concat([split.train, split.valid, split.test])
-    return interaction_matrix(parts["u"].to_numpy(), parts["i"].to_numpy(), split.num_users, split.num_items)
+                       train=x_train, seen=split.matrix("train", "valid", "test"), ii=ii, alpha=0.0, meta=meta)
 
 
 def _select_alpha(rec: Recommender, split: Split, cfg: SoraConfig, x_train: sp.csr_matrix,
