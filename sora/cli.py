@@ -140,14 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_commands(sub) -> None:
-    """Training, evaluation and recommendation commands (registered by sora.cli_model when present)."""
-    try:
-        from sora import cli_model
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
-    cli_model.register(sub, _add_config_args)
-    from sora import cli_ops
+    """Model commands (train / evaluate / recommend) and operations (pipeline / registry / serve)."""
+    from sora import cli_model, cli_ops
 
+    cli_model.register(sub, _add_config_args)
     cli_ops.register(sub, _add_config_args)
 
 

@@ -157,6 +157,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
 
     rank, world = _distributed()
     valid_candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
+    static = _static_parts(split, items, cfg, x_train, text, embeddings)
     history: list[dict[str, Any]] = []
     best = (-1.0, 0, None)
     bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0)
@@ -178,7 +179,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
             steps += 1
         record = {"epoch": epoch, "loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - t0}
         if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
-            rec = _fit(model, graph, dev, split, items, cfg, x_train, None, embeddings)
+            rec = _fit(model, graph, dev, static, None)
             metrics = evaluate_scores(partial(rec.score_users, alpha=0.0), split.valid["u"].to_numpy(),
                                       split.valid["i"].to_numpy(), ni, (10, 20), exclude=x_train,
                                       candidates=valid_candidates, batch_size=cfg.eval.batch_size)
@@ -196,7 +197,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     if best[2] is not None:
         model.load_state_dict(best[2])
     ii = item_item_head(x_train, cfg.graph) if mc.use_item_item_score else None
-    rec = _fit(model, graph, dev, split, items, cfg, x_train, ii, embeddings)
+    rec = _fit(model, graph, dev, static, ii)
     rec.meta.update({"best_epoch": best[1], "epochs_run": len(history), "history": history})
     valid = _select_alpha(rec, split, cfg, x_train, valid_candidates)
     result = TrainResult(rec, history, best[1], time.perf_counter() - start, valid)
@@ -292,29 +293,35 @@ def _contrastive(model, graph, dev, u, i, tc, gen) -> torch.Tensor:
     return nce(views[0][0][uu], views[1][0][uu]) + nce(views[0][1][ii], views[1][1][ii])
 
 
+def _static_parts(split: Split, items: pd.DataFrame, cfg: SoraConfig, x_train: sp.csr_matrix,
+                  text: torch.Tensor | None, embeddings: ItemEmbeddings | None) -> dict[str, Any]:
+    """The parts of a fitted Recommender that do not change between epochs (built once per training)."""
+    item_meta = items.copy()
+    item_meta["item_id"] = item_meta["item_id"].astype(str)
+    item_meta = item_meta.set_index("item_id").reindex(split.item_ids).reset_index()
+    meta = {"text_dim": 0 if text is None else int(text.shape[1]),
+            "encoder_id": embeddings.encoder_id if embeddings is not None else None,
+            "split": split.spec.__dict__, "data_fingerprint": split.spec.data_fingerprint}
+    return {"config": cfg, "user_ids": split.user_ids, "item_ids": split.item_ids, "items": item_meta,
+            "train": x_train, "seen": split.matrix("train", "valid", "test"), "meta": meta}
+
+
 @torch.no_grad()
-def _fit(model: SoraModel, graph, dev, split: Split, items: pd.DataFrame, cfg: SoraConfig,
-         x_train: sp.csr_matrix, ii: sp.csr_matrix | None, embeddings: ItemEmbeddings | None) -> Recommender:
+def _fit(model: SoraModel, graph, dev, static: dict[str, Any], ii: sp.csr_matrix | np.ndarray | None) -> Recommender:
     """Freeze the current weights into fitted vectors (what serving uses)."""
     model.eval()
     g_user, g_item = model.propagate(graph, dev["text"])
     item_vecs = model.item_vectors(g_item, dev["text"])
+    num_users = len(static["user_ids"])
     users = []
-    for s in range(0, split.num_users, 4096):
-        b = torch.arange(s, min(s + 4096, split.num_users), device=g_user.device)
+    for s in range(0, num_users, 4096):
+        b = torch.arange(s, min(s + 4096, num_users), device=g_user.device)
         users.append(model.user_vectors(g_user[b], dev["hist"][b], dev["hmask"][b], g_item))
     cpu_model = copy.deepcopy(model).cpu()
     cpu_model.graph_encoder = None
-    meta = {"text_dim": 0 if dev["text"] is None else int(dev["text"].shape[1]),
-            "encoder_id": embeddings.encoder_id if embeddings is not None else None,
-            "split": split.spec.__dict__, "data_fingerprint": split.spec.data_fingerprint}
-    item_meta = items.copy()
-    item_meta["item_id"] = item_meta["item_id"].astype(str)
-    item_meta = item_meta.set_index("item_id").reindex(split.item_ids).reset_index()
-    return Recommender(config=cfg, model=cpu_model, user_ids=split.user_ids, item_ids=split.item_ids,
-                       items=item_meta, user_vectors=torch.cat(users).cpu(), item_vectors=item_vecs.cpu(),
-                       item_tokens=g_item.cpu(), history=dev["hist"].cpu(), history_mask=dev["hmask"].cpu(),
-                       train=x_train, seen=split.matrix("train", "valid", "test"), ii=ii, alpha=0.0, meta=meta)
+    return Recommender(**{**static, "meta": dict(static["meta"])}, model=cpu_model,
+                       user_vectors=torch.cat(users).cpu(), item_vectors=item_vecs.cpu(), item_tokens=g_item.cpu(),
+                       history=dev["hist"].cpu(), history_mask=dev["hmask"].cpu(), ii=ii, alpha=0.0)
 
 
 def _select_alpha(rec: Recommender, split: Split, cfg: SoraConfig, x_train: sp.csr_matrix,
