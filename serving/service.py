@@ -13,6 +13,7 @@ one ``/score`` request already scores a whole list of items in one matrix produc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Annotated
@@ -52,6 +53,17 @@ class SoraService:
             self.version.set(float(loaded.version) if loaded.version.isdigit() else 0.0)
         return loaded is not None
 
+    @contextlib.contextmanager
+    def _not_found(self, field: str, kind: str, hint: str = ""):
+        """Turn an unknown id into a 404 naming the request field, and count it."""
+        from sora.recommender import UnknownIdError
+
+        try:
+            yield
+        except UnknownIdError as exc:
+            self.unknown.labels(kind).inc()
+            raise NotFound(f"{field}: {exc.args[0]}{hint}") from None
+
     def _loaded(self):
         loaded = self.holder.current
         if loaded is None:
@@ -62,14 +74,10 @@ class SoraService:
     @bentoml.api
     def recommend(self, user_id: str, k: K = 10, exclude_seen: bool = True, fallback: bool = False) -> dict:
         """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items."""
-        from sora.recommender import UnknownIdError
         from sora.serving_core import recommend
 
-        try:
+        with self._not_found("user_id", "user", ' (send "fallback": true for popular items)'):
             out = recommend(self._loaded(), user_id, k, exclude_seen, fallback)
-        except UnknownIdError as exc:
-            self.unknown.labels("user").inc()
-            raise NotFound(f"user_id: {exc.args[0]} (send \"fallback\": true for popular items)") from None
         if out["fallback"]:
             self.fallbacks.inc()
         return out
@@ -78,36 +86,25 @@ class SoraService:
     def recommend_from_history(self, item_ids: Annotated[list[str], Field(min_length=1, max_length=1000)],
                                k: K = 10) -> dict:
         """Top-k for an anonymous user from a history of item ids (unknown ids are skipped and listed)."""
-        from sora.recommender import UnknownIdError
         from sora.serving_core import recommend_from_history
 
-        try:
+        with self._not_found("item_ids", "item"):
             return recommend_from_history(self._loaded(), item_ids, k)
-        except UnknownIdError as exc:
-            self.unknown.labels("item").inc()
-            raise NotFound(f"item_ids: {exc.args[0]}") from None
 
     @bentoml.api
     def similar_items(self, item_id: str, k: K = 10) -> dict:
         """Items closest to ``item_id`` in Sora's fused item space."""
-        from sora.recommender import UnknownIdError
         from sora.serving_core import similar_items
 
-        try:
+        with self._not_found("item_id", "item"):
             return similar_items(self._loaded(), item_id, k)
-        except UnknownIdError as exc:
-            self.unknown.labels("item").inc()
-            raise NotFound(f"item_id: {exc.args[0]}") from None
 
     @bentoml.api
     def score(self, user_id: str, item_ids: Annotated[list[str], Field(min_length=1, max_length=10000)]) -> dict:
         """Scores of the given items for a user, in the order given."""
-        from sora.recommender import UnknownIdError
         from sora.serving_core import score
 
-        try:
-            return score(self._loaded(), user_id, item_ids)
-        except UnknownIdError as exc:
-            field = "user_id" if "user_id" in str(exc.args[0]) else "item_ids"
-            self.unknown.labels("user" if field == "user_id" else "item").inc()
-            raise NotFound(f"{field}: {exc.args[0]}") from None
+        loaded = self._loaded()
+        known_user = str(user_id) in loaded.rec.user_index
+        with self._not_found(*(("item_ids", "item") if known_user else ("user_id", "user"))):
+            return score(loaded, user_id, item_ids)
