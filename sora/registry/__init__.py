@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +25,7 @@ import torch
 from sora.config import SoraConfig
 from sora.data import Dataset
 from sora.evaluate import evaluate_split, mostpop_scores, rebuild_split
+from sora.promotion import Decision, decide
 from sora.recommender import Recommender
 from sora.split import Split
 
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///.sora/mlflow.db"
 EXPERIMENT = "sora"
-PROMOTION_KEY = "ndcg@10"
-GUARD_KEYS = ("recall@20", "coverage@20")
 
 
 def _client(tracking_uri: str):
@@ -94,7 +93,7 @@ def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, 
     from mlflow.models import infer_signature
 
     from sora.plots import training_curves_png
-    from sora.pyfunc import SoraPyfunc, recommend_frame
+    from sora.registry.pyfunc import SoraPyfunc, recommend_frame
 
     client = _client(tracking_uri)
     rec = Recommender.load(model_dir)
@@ -145,6 +144,21 @@ def _version_by_alias(client, name: str, alias: str):
         return None
 
 
+def resolve_model_uri(tracking_uri: str | None, model_uri: str) -> tuple[str, str, str]:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → (name, version, ``models:/NAME/VERSION``)."""
+    import re
+
+    m = re.match(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$", model_uri)
+    if m:
+        client = _client(tracking_uri or DEFAULT_TRACKING_URI)
+        mv = client.get_model_version_by_alias(m["name"], m["alias"])
+        return m["name"], str(mv.version), f"models:/{m['name']}/{mv.version}"
+    m = re.match(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$", model_uri)
+    if m:
+        return m["name"], m["version"], model_uri
+    raise ValueError(f"model URI must be models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
+
+
 def load_version(tracking_uri: str, model_uri: str) -> Recommender:
     """Download a registered version (``models:/name/3`` or ``models:/name@champion``) and load it."""
     import mlflow
@@ -179,40 +193,6 @@ def aligned_scores(rec: Recommender, split: Split):
         return out
 
     return score
-
-
-@dataclass
-class Decision:
-    promote: bool
-    reason: str
-    challenger_version: str
-    champion_version: str | None
-    challenger: dict[str, float]
-    champion: dict[str, float] | None
-    reference: str  # "champion" or "mostpop"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def decide(challenger: dict[str, float], reference: dict[str, float], margin: float, reference_name: str,
-           challenger_version: str, champion_version: str | None) -> Decision:
-    """Promote only if the challenger beats the reference on NDCG@10 by ``margin`` (relative) and no guard
-    metric (recall@20, coverage@20) is lower than the reference's by more than ``margin``."""
-    key = PROMOTION_KEY
-    need = reference[key] * (1 + margin)
-    reasons = []
-    ok = challenger[key] > need
-    reasons.append(f"{key} {challenger[key]:.4f} vs {reference_name} {reference[key]:.4f} "
-                   f"({'beats' if ok else 'does not beat'} it by margin {margin:.1%})")
-    if reference_name == "champion":
-        for g in GUARD_KEYS:
-            floor = reference[g] * (1 - margin)
-            if challenger[g] < floor - 1e-12:
-                ok = False
-                reasons.append(f"guard {g} {challenger[g]:.4f} below {reference_name}'s {reference[g]:.4f} minus margin")
-    return Decision(ok, "; ".join(reasons), challenger_version, champion_version, challenger,
-                    reference, "champion" if reference_name == "champion" else "mostpop")
 
 
 def compare(tracking_uri: str, model_name: str, challenger_version: str, dataset: Dataset, margin: float,
