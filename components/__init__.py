@@ -1,7 +1,12 @@
 """Kubeflow Pipelines v2 components of the Sora training pipeline (installed as ``sora_components``).
 
-Each component only declares its interface and calls one function of :mod:`sora.steps`. They run in
-the project image, which has Sora and kfp preinstalled, so nothing is installed at run time
+Each component only declares its interface and calls one function of :mod:`sora.stages`. They pass
+typed artifacts (``Dataset``, ``Model``, ``Metrics``, ``HTML``, ``Markdown``) and URIs, never a shared
+local path, so each can run in its own pod: the resolved config is an artifact written once by
+``configure``; the data is read once, by ``validate`` and ``prepare``, from ``data_uri`` (a mounted path
+or an object-store URI such as ``s3://bucket/prefix``); later steps read the prepared-split artifact.
+
+They run in the project image, which has Sora and kfp preinstalled, so nothing is installed at run time
 (``install_kfp_package=False``; that is also what ``kfp.local.SubprocessRunner(use_venv=False)`` runs).
 The image is ``$SORA_IMAGE`` when set at compile time, else :data:`DEFAULT_IMAGE`.
 """
@@ -22,14 +27,32 @@ trainer_component = dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=
 
 
 @component
-def validate(data_dir: str, config_overrides: str, report: Output[HTML], summary: Output[Artifact]) -> \
+def configure(config_overrides: str, tracking_uri: str, config: Output[Artifact]) -> str:
+    """Resolve the config once (defaults + overrides, validated) and check the registry is usable.
+
+    Returns the tracking URI that later steps use: the parameter, else ``MLFLOW_TRACKING_URI``, else the
+    local default. An unreachable registry fails here, before any data is read or any model trained.
+    """
+    import os
+
+    from sora import stages
+    from sora.registry import check_reachable, resolve_tracking_uri
+
+    cfg = stages.configure(None, stages.parse_overrides(config_overrides), config.path)
+    uri = resolve_tracking_uri(tracking_uri, dict(os.environ), cfg)
+    check_reachable(uri, cfg.registry)
+    return uri
+
+
+@component
+def validate(data_uri: str, config: Input[Artifact], report: Output[HTML], summary: Output[Artifact]) -> \
         NamedTuple("ValidateOutputs", [("passed", bool), ("message", str), ("fingerprint", str)]):
     """Great Expectations suites over the dataset; the HTML report is published either way."""
-    from sora.steps import validate_step
+    from sora import stages
 
-    passed, message, fingerprint = validate_step(data_dir, config_overrides, report.path, summary.path)
-    print(message)
-    return (passed, message, fingerprint)
+    result = stages.validate(data_uri, stages.load_resolved(config.path), report.path, summary.path)
+    print(result.message)
+    return (result.passed, result.message, result.fingerprint)
 
 
 @component
@@ -39,65 +62,75 @@ def fail(message: str):
 
 
 @component
-def prepare(data_dir: str, config_overrides: str, data_fingerprint: str, split: Output[Dataset]):
-    """Split + id maps (the fingerprint input makes the cache key follow the data's content)."""
-    from sora.steps import prepare_step
+def prepare(data_uri: str, data_fingerprint: str, config: Input[Artifact], split: Output[Dataset]):
+    """Split + id maps + item table, read from the data once (the fingerprint makes the cache key follow
+    the data's content)."""
+    from sora import stages
 
-    split.metadata.update(prepare_step(data_dir, config_overrides, split.path))
+    prepared = stages.prepare(data_uri, stages.load_resolved(config.path), split.path)
+    split.metadata.update(prepared.counts())
+    split.metadata["source"] = data_uri
 
 
 @component
-def embed(data_dir: str, config_overrides: str, data_fingerprint: str, cache_dir: str, embeddings: Output[Dataset]):
-    """Item text → sentence embeddings (through the cache when ``cache_dir`` is set)."""
-    from sora.steps import embed_step
+def embed(cache_uri: str, config: Input[Artifact], split: Input[Dataset], embeddings: Output[Dataset]):
+    """Item text → sentence embeddings (through the cache, which may live in the object store)."""
+    from sora import stages
 
-    embeddings.metadata.update(embed_step(data_dir, config_overrides, embeddings.path, cache_dir))
+    prepared = stages.Prepared.load(split.path)
+    embeddings.metadata.update(stages.embed(prepared, stages.load_resolved(config.path), embeddings.path,
+                                            cache_uri or None))
 
 
 @trainer_component
-def train(data_dir: str, config_overrides: str, split: Input[Dataset], embeddings: Input[Dataset],
-          model: Output[Model], curves: Output[HTML]):
+def train(config: Input[Artifact], split: Input[Dataset], embeddings: Input[Dataset], model: Output[Model],
+          curves: Output[HTML]):
     """Graph + GNN-Transformer training (GPU when the task is given one)."""
-    from sora.steps import train_step
+    from sora import stages
 
-    model.metadata.update(train_step(data_dir, split.path, embeddings.path, config_overrides, model.path, curves.path))
+    result = stages.train(stages.Prepared.load(split.path), embeddings.path, stages.load_resolved(config.path),
+                          model.path, curves.path)
+    model.metadata.update(stages.train_summary(result))
     model.metadata["framework"] = "sora"
 
 
 @component
-def evaluate(data_dir: str, run_baselines: bool, model: Input[Model], metrics: Output[Metrics],
-             report: Output[Artifact]):
+def evaluate(run_baselines: bool, model: Input[Model], split: Input[Dataset], embeddings: Input[Dataset],
+             metrics: Output[Metrics], report: Output[Artifact]):
     """Full-ranking metrics on the test set, beside MostPop, EASE, BPR-MF and LightGCN on the same split."""
-    from sora.steps import evaluate_step
+    from sora import stages
+    from sora.registry import report_metrics
 
-    result = evaluate_step(model.path, data_dir, report.path, baselines=run_baselines)
-    for key, value in result["test"].items():
-        metrics.log_metric(f"test_{key}", value)
-    for name, m in result.get("baselines", {}).items():
-        metrics.log_metric(f"{name}_ndcg@10", m["ndcg@10"])
-
-
-@component
-def register(tracking_uri: str, model_name: str, model: Input[Model], report: Input[Artifact],
-             validation_report: Input[HTML], curves: Input[HTML]) -> str:
-    """MLflow run + pyfunc model registered under ``model_name``, alias ``challenger``. Returns the version."""
-    from sora.steps import register_step
-
-    return register_step(tracking_uri, model_name, model.path, report.path, validation_report.path, curves.path)
+    result = stages.evaluate(model.path, stages.Prepared.load(split.path), report.path, baselines=run_baselines,
+                             embeddings_uri=embeddings.path)
+    for key, value in report_metrics(result).items():  # the same names as in the MLflow run
+        if not key.startswith("valid_"):
+            metrics.log_metric(key, value)
 
 
 @component
-def compare(tracking_uri: str, model_name: str, version: str, data_dir: str, promotion_margin: float,
-            model: Input[Model], report: Input[Artifact], card: Output[Markdown]) -> bool:
-    """Challenger vs champion on the same split; writes the model card and the decision tags.
+def register(tracking_uri: str, model_name: str, model: Input[Model], split: Input[Dataset],
+             report: Input[Artifact], validation_report: Input[HTML], curves: Input[HTML]) -> str:
+    """MLflow run + pyfunc model registered under ``model_name``, alias ``challenger``; an identical model
+    (same content hash, e.g. from a cached train step) is not registered twice. Returns the version."""
+    from sora import stages
+
+    return stages.register(tracking_uri, model_name, model.path, report.path, stages.Prepared.load(split.path),
+                           validation_report.path, curves.path)
+
+
+@component
+def compare(tracking_uri: str, model_name: str, version: str, promotion_margin: float, model: Input[Model],
+            split: Input[Dataset], report: Input[Artifact], card: Output[Markdown]) -> bool:
+    """Challenger vs champion on the challenger's split; writes the model card and the decision tags.
 
     Returns only the decision (a single output keeps the condition resolvable by kfp.local inside a
     nested ``dsl.If``); the reason is in the card, the MLflow tags and the log.
     """
-    from sora.steps import compare_step
+    from sora import stages
 
-    promote, reason = compare_step(tracking_uri, model_name, version, model.path, data_dir, promotion_margin,
-                                   report.path, card.path)
+    promote, reason = stages.compare(tracking_uri, model_name, version, model.path, stages.Prepared.load(split.path),
+                                     promotion_margin, report.path, card.path)
     print(reason)
     return promote
 
@@ -105,8 +138,8 @@ def compare(tracking_uri: str, model_name: str, version: str, data_dir: str, pro
 @component
 def promote(tracking_uri: str, model_name: str, version: str) -> str:
     """Moves the ``champion`` alias to ``version`` (the previous champion is kept as a tag)."""
-    from sora.steps import promote_step
+    from sora import stages
 
-    message = promote_step(tracking_uri, model_name, version)
+    message = stages.promote(tracking_uri, model_name, version)
     print(message)
     return message

@@ -1,7 +1,11 @@
 """The Sora training pipeline (installed as ``sora_pipelines``) and how to compile, run, submit, schedule it.
 
-validate → (passed) prepare, embed → train → evaluate → register → compare → (promote) promote
-          → (failed) fail
+configure → validate → (passed) prepare → embed → train → evaluate → register → compare → (promote) promote
+                     → (failed) fail
+
+Steps share nothing but typed artifacts, URIs and environment variables (``data_uri`` may be an
+object-store URI; the Secret mapping gives every step ``MLFLOW_TRACKING_URI`` and the store's
+credentials). The train step gets GPU scheduling settings only when ``gpu_count > 0``.
 
 Cluster settings that are not pipeline parameters (GPU node selector, tolerations, the Secret with
 MLflow / S3 credentials) are fixed when the pipeline is built, see :class:`ClusterSettings`.
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sora_components as c
+from sora_components import TRAINER_IMAGE  # noqa: F401 - re-exported for `sora pipeline submit --distributed`
 from kfp import dsl
 
 log = logging.getLogger(__name__)
@@ -25,11 +30,13 @@ PIPELINE_NAME = "sora-training"
 class ClusterSettings:
     """Kubernetes settings applied with kfp-kubernetes (ignored by the local runner)."""
 
-    mlflow_secret: str = "sora-mlflow"  # keys below become env vars of the steps that talk to MLflow / S3
-    secret_env: dict = field(default_factory=lambda: {
-        "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
-        "MLFLOW_S3_ENDPOINT_URL": "MLFLOW_S3_ENDPOINT_URL"})
+    #: The Secret whose keys become environment variables of every step: the MLflow location and
+    #: credentials and the object store's (each client configured by its standard variables).
+    mlflow_secret: str = "sora-mlflow"
+    secret_env: dict = field(default_factory=lambda: {k: k for k in (
+        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL")})
     gpu_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     gpu_tolerations: list = field(default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                            "effect": "NoSchedule"}])
@@ -52,42 +59,58 @@ def build_pipeline(settings: ClusterSettings | None = None):
                                          secret_key_to_env=dict(settings.secret_env), optional=True)
         return task
 
+    def on_gpu(task, gpu_count):
+        """GPU request, node selector and tolerations: only on the branch taken when gpu_count > 0."""
+        from kfp import kubernetes
+
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
+        for key, value in settings.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for tol in settings.gpu_tolerations:
+            kubernetes.add_toleration(task, **tol)
+        return task
+
     @dsl.pipeline(name=PIPELINE_NAME, description="Validate, embed, train, evaluate, register and (if better) "
                   "promote the Sora graph + text recommender.")
-    def sora_training(data_dir: str, config_overrides: str = "", tracking_uri: str = "",
+    def sora_training(data_uri: str, config_overrides: str = "", tracking_uri: str = "",
                       model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
                       embedding_cache: str = "", run_baselines: bool = True):
-        validated = c.validate(data_dir=data_dir, config_overrides=config_overrides)
-        validated.set_caching_options(False)  # data may change under the same path
+        configured = with_secret(c.configure(config_overrides=config_overrides, tracking_uri=tracking_uri))
+        configured.set_caching_options(False)  # the registry is checked on every run
+        config = configured.outputs["config"]
+        uri = configured.outputs["Output"]
+        validated = with_secret(c.validate(data_uri=data_uri, config=config))
+        validated.set_caching_options(False)  # data may change under the same URI
         with dsl.If(validated.outputs["passed"] == True, name="data-valid"):  # noqa: E712 - kfp condition
-            fp = validated.outputs["fingerprint"]
-            prepared = c.prepare(data_dir=data_dir, config_overrides=config_overrides, data_fingerprint=fp)
-            embedded = c.embed(data_dir=data_dir, config_overrides=config_overrides, data_fingerprint=fp,
-                               cache_dir=embedding_cache)
-            trained = c.train(data_dir=data_dir, config_overrides=config_overrides,
-                              split=prepared.outputs["split"], embeddings=embedded.outputs["embeddings"])
+            prepared = with_secret(c.prepare(data_uri=data_uri, data_fingerprint=validated.outputs["fingerprint"],
+                                             config=config))
+            split = prepared.outputs["split"]
+            embedded = with_secret(c.embed(cache_uri=embedding_cache, config=config, split=split))
+            embeddings = embedded.outputs["embeddings"]
             if settings.kubernetes:
-                from kfp import kubernetes
-
-                trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpu_count)
-                trained.set_cpu_request("2").set_memory_request("8G")
-                for key, value in settings.gpu_node_selector.items():
-                    kubernetes.add_node_selector(trained, label_key=key, label_value=value)
-                for tol in settings.gpu_tolerations:
-                    kubernetes.add_toleration(trained, **tol)
-            evaluated = c.evaluate(data_dir=data_dir, run_baselines=run_baselines, model=trained.outputs["model"])
+                with dsl.If(gpu_count > 0, name="on-gpu"):
+                    gpu = on_gpu(with_secret(c.train(config=config, split=split, embeddings=embeddings)), gpu_count)
+                    gpu.set_cpu_request("2").set_memory_request("8G")
+                with dsl.Else(name="on-cpu"):
+                    cpu = with_secret(c.train(config=config, split=split, embeddings=embeddings))
+                    cpu.set_cpu_request("2").set_memory_request("8G")
+                model = dsl.OneOf(gpu.outputs["model"], cpu.outputs["model"])
+                curves = dsl.OneOf(gpu.outputs["curves"], cpu.outputs["curves"])
+            else:
+                trained = c.train(config=config, split=split, embeddings=embeddings)
+                model, curves = trained.outputs["model"], trained.outputs["curves"]
+            evaluated = with_secret(c.evaluate(run_baselines=run_baselines, model=model, split=split,
+                                               embeddings=embeddings))
             registered = with_secret(c.register(
-                tracking_uri=tracking_uri, model_name=model_name, model=trained.outputs["model"],
-                report=evaluated.outputs["report"], validation_report=validated.outputs["report"],
-                curves=trained.outputs["curves"]))
-            registered.set_caching_options(False)
+                tracking_uri=uri, model_name=model_name, model=model, split=split,
+                report=evaluated.outputs["report"], validation_report=validated.outputs["report"], curves=curves))
+            registered.set_caching_options(False)  # cheap, and deduplicated by the model's content hash
             compared = with_secret(c.compare(
-                tracking_uri=tracking_uri, model_name=model_name, version=registered.output, data_dir=data_dir,
-                promotion_margin=promotion_margin, model=trained.outputs["model"], report=evaluated.outputs["report"]))
+                tracking_uri=uri, model_name=model_name, version=registered.output, promotion_margin=promotion_margin,
+                model=model, split=split, report=evaluated.outputs["report"]))
             compared.set_caching_options(False)
             with dsl.If(compared.outputs["Output"] == True, name="challenger-wins"):  # noqa: E712
-                promoted = with_secret(c.promote(tracking_uri=tracking_uri, model_name=model_name,
-                                                 version=registered.output))
+                promoted = with_secret(c.promote(tracking_uri=uri, model_name=model_name, version=registered.output))
                 promoted.set_caching_options(False)
         with dsl.Else(name="data-invalid"):
             c.fail(message=validated.outputs["message"]).set_caching_options(False)

@@ -4,17 +4,36 @@ The sections mirror the stages (data, split, text, graph, model, train, eval, re
 They live together in this module, rather than beside each stage, so that reading or printing the
 config never imports DGL or torch: the serving image and `sora config show` stay light.
 Environment variables are never read here; the CLI, components and service do that at the edge.
+
+Each concept has one key. Old names that overlapped (``model.use_item_edges``,
+``model.use_user_edges``, ``eval.ease_lambda``) are still accepted in files and overrides: they set the
+canonical key and log a deprecation warning (see ``_DEPRECATED``). Every load path (``from_dict``,
+``with_overrides``, ``load``) ends in :meth:`SoraConfig.validate`, so a bad value is a
+:class:`ConfigError` naming the key before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
+import string
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
+
+log = logging.getLogger(__name__)
+
+#: Values of the string keys with a fixed set of values (checked by ``SoraConfig.validate``).
+SPLIT_MODES = ("random", "temporal", "cold-item", "leave-last-out")
+TRAIN_LOSSES = ("softmax", "bpr")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+USER_EDGE_KINDS = ("given", "knn", "none")
+ITEM_EDGE_KINDS = ("text", "cooccur", "ease")
 
 
 @dataclass
@@ -85,8 +104,6 @@ class ModelConfig:
     num_layers: int = 2
     use_text: bool = True
     use_transformer: bool = True
-    use_item_edges: bool = True
-    use_user_edges: bool = True
     #: Add the item<->item (EASE-weighted) propagation of the user's history to the score.
     use_item_item_score: bool = True
     history_len: int = 10
@@ -97,6 +114,18 @@ class ModelConfig:
     side_weight: float = 0.5
     #: Probability of training a step with the anonymous user token (for history-only requests).
     anonymous_prob: float = 0.1
+
+    # Deprecated switches, kept readable so old callers still work: the edges are chosen by
+    # ``graph.item_edges`` / ``graph.user_edges`` alone (``none`` = the ablation), so these are always True.
+    @property
+    def use_item_edges(self) -> bool:
+        """Deprecated: always True; ``graph.item_edges=none`` is the ablation."""
+        return True
+
+    @property
+    def use_user_edges(self) -> bool:
+        """Deprecated: always True; ``graph.user_edges=none`` is the ablation."""
+        return True
 
 
 @dataclass
@@ -125,7 +154,6 @@ class TrainConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (10, 20)
     batch_size: int = 1024
-    ease_lambda: float = 300.0
 
 
 @dataclass
@@ -135,6 +163,10 @@ class RegistryConfig:
     promotion_margin: float = 0.0
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    #: Seconds to wait for the tracking server to accept a connection, and retries after a failure,
+    #: so an unreachable registry is reported in seconds rather than minutes.
+    connect_timeout_s: float = 5.0
+    max_retries: int = 2
 
 
 @dataclass
@@ -143,6 +175,39 @@ class ServeConfig:
     port: int = 3000
     poll_interval_s: float = 30.0
     max_k: int = 1000
+    max_id_length: int = 256  # characters in one user or item id
+    max_list_length: int = 1000  # ids in one item_ids list
+    max_body_bytes: int = 1_048_576  # request body; larger gets 413
+    grace_period_s: float = 20.0  # SIGTERM: how long in-flight requests get to finish
+
+
+@dataclass
+class DriftConfig:
+    """Thresholds of the data-drift report (:mod:`sora.drift`): new data vs the champion's training data.
+
+    Every metric grows with drift. A value at or above ``<metric>_warn`` warns, at or above
+    ``<metric>_fail`` fails; null switches that level off.
+    """
+
+    #: Jensen–Shannon divergence (base 2, in [0, 1]) of the items' shares of interactions.
+    item_popularity_js_warn: float | None = 0.1
+    item_popularity_js_fail: float | None = 0.3
+    #: JS divergence of the interactions-per-user histogram (log2 bins).
+    user_activity_js_warn: float | None = 0.1
+    user_activity_js_fail: float | None = 0.3
+    #: JS divergence of the rating histograms (skipped when either side has no ratings).
+    rating_js_warn: float | None = 0.05
+    rating_js_fail: float | None = 0.2
+    #: Share of the new data's distinct users / items absent from the reference.
+    unseen_user_share_warn: float | None = 0.2
+    unseen_user_share_fail: float | None = 0.6
+    unseen_item_share_warn: float | None = 0.1
+    unseen_item_share_fail: float | None = 0.4
+    #: Share of the new interactions whose timestamp lies outside the reference's time range.
+    time_outside_share_warn: float | None = 0.5
+    time_outside_share_fail: float | None = 0.95
+    #: Histogram bins for ratings with more distinct values than this.
+    rating_bins: int = 20
 
 
 @dataclass
@@ -157,38 +222,101 @@ class SoraConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SoraConfig:
+    def from_dict(cls, raw: dict[str, Any] | None) -> SoraConfig:
+        """Defaults updated from ``{section: {key: value}}``, then validated (:class:`ConfigError` on any problem)."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
         cfg = cls()
-        for section, values in (raw or {}).items():
-            if not hasattr(cfg, section):
-                raise ConfigError(f"unknown config section {section!r}")
-            for key, value in (values or {}).items():
-                _assign(cfg, f"{section}.{key}", value)
-        return cfg
+        sections = {f.name for f in dataclasses.fields(cls)}
+        deprecated = []
+        for section, values in raw.items():
+            if section not in sections:
+                raise ConfigError(f"unknown config section {section!r}; sections: {', '.join(sorted(sections))}")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
+            for key, value in values.items():
+                dotted = f"{section}.{key}"
+                if dotted in _DEPRECATED:
+                    deprecated.append((dotted, value))
+                else:
+                    _assign(cfg, dotted, value)
+        # after the canonical keys, so a file holding both spellings resolves the same way in any order
+        for dotted, value in deprecated:
+            canonical = _DEPRECATED[dotted][0]
+            section, key = canonical.split(".")
+            _apply_deprecated(cfg, dotted, value, explicit=key in (raw.get(section) or {}))
+        return cfg.validate()
 
     def with_overrides(self, overrides: list[str] | None) -> SoraConfig:
-        """Return a copy with ``section.key=value`` overrides applied (values parsed as YAML)."""
+        """Return a validated copy with ``section.key=value`` overrides applied (values parsed as YAML)."""
         cfg = SoraConfig.from_dict(self.to_dict())
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form section.key=value")
-            key, value = item.split("=", 1)
-            _assign(cfg, key.strip(), yaml.safe_load(value))
-        return cfg
+            key, text = item.split("=", 1)
+            key = key.strip()
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                value = exc
+            if isinstance(value, (yaml.YAMLError, dict)) and _is_str_key(cfg, key):
+                value = text.strip()  # e.g. data.item_text_template={title}. {text}
+            elif isinstance(value, yaml.YAMLError):
+                first = str(value).strip().splitlines()[0]
+                raise ConfigError(f"{key}: cannot parse value {text!r} as YAML ({first})")
+            if key in _DEPRECATED:
+                _apply_deprecated(cfg, key, value, explicit=False)
+            else:
+                _assign(cfg, key, value)
+        return cfg.validate()
+
+    def validate(self) -> SoraConfig:
+        """Check every value's type and range; raise :class:`ConfigError` naming the first bad key. Returns self."""
+        for sec in dataclasses.fields(self):
+            section = getattr(self, sec.name)
+            if not dataclasses.is_dataclass(section):
+                raise ConfigError(f"config section {sec.name!r} is {section!r}, not a section")
+            hints = get_type_hints(type(section))
+            for f in dataclasses.fields(section):
+                dotted, value = f"{sec.name}.{f.name}", getattr(section, f.name)
+                _check_type(dotted, hints[f.name], value)
+                if value is None:
+                    continue
+                if dotted in _LIMITS:
+                    for v in value if isinstance(value, (tuple, list)) else [value]:
+                        _check_limit(dotted, _LIMITS[dotted], v)
+                if dotted in _CHOICES and value not in _CHOICES[dotted]:
+                    raise ConfigError(f"{dotted} must be one of {', '.join(_CHOICES[dotted])}; got {value!r}")
+                if isinstance(value, str) and dotted in _NON_EMPTY and not value.strip():
+                    raise ConfigError(f"{dotted} may not be empty")
+        _check_cross(self)
+        return self
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | Path) -> SoraConfig:
+        """Read a YAML or JSON (by extension) config file; errors name the file."""
         text = Path(path).read_text()
-        raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        return cls.from_dict(raw)
+        try:
+            raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {exc}") from exc
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -228,6 +356,7 @@ def _assign(cfg: SoraConfig, dotted: str, value: Any) -> None:
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Read ``value`` (from YAML/JSON or an override) as ``hint``; bools are never numbers."""
     origin, args = get_origin(hint), get_args(hint)
     if value is None:
         if type(None) in args:
@@ -236,28 +365,191 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(name, inner, value)
-    if origin is tuple:
+    if origin in (tuple, list):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        item_type = args[0]
-        return tuple(_coerce(name, item_type, v) for v in value)
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() in {"true", "1", "yes"}:
-                    return True
-                if value.lower() in {"false", "0", "no"}:
-                    return False
-                raise ValueError(value)
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]  # `eval.ks=10` means (10,)
+        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+        if fixed and len(value) != len(args):
+            raise ConfigError(f"{name} needs {len(args)} values, got {len(value)}: {list(value)!r}")
+        types = args if fixed else [args[0] if args else Any] * len(value)
+        out = [_coerce(name, t, v) for t, v in zip(types, value, strict=True)]
+        return tuple(out) if origin is tuple else out
+    type_name = getattr(hint, "__name__", str(hint))
+    bad = ConfigError(f"{name}: cannot read {value!r} as {type_name}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if hint is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
+        if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "false", "0", "no"}:
+            return value.strip().lower() in {"true", "1", "yes"}
+        raise bad
+    if isinstance(value, bool) and hint in (int, float, str):
+        raise bad  # YAML turns `yes`/`true` into a bool; `max_epochs=true` is a mistake, not 1
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        if hint is float:
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad from None
+        if isinstance(value, int):
+            return value
+        raise bad
+    if hint is float:
+        if isinstance(value, (int, float)):
             return float(value)
-        if hint is str:
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is str:
+        if isinstance(value, (str, int, float)):
             return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from exc
+        raise bad
     return value
+
+
+def _is_str_key(cfg: SoraConfig, dotted: str) -> bool:
+    section_name, _, key = dotted.partition(".")
+    section = getattr(cfg, section_name, None)
+    if not dataclasses.is_dataclass(section):
+        return False
+    hint = get_type_hints(type(section)).get(key)
+    return hint is str or (get_origin(hint) is not None and str in get_args(hint) and get_origin(hint) is not tuple)
+
+
+def _check_type(name: str, hint: Any, value: Any) -> None:
+    """Raise ConfigError unless ``value`` already has the type ``hint`` (no conversion)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if value is None:
+        if type(None) not in args:
+            raise ConfigError(f"{name} may not be null")
+        return
+    if args and type(None) in args:
+        return _check_type(name, [a for a in args if a is not type(None)][0], value)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+        if fixed and len(value) != len(args):
+            raise ConfigError(f"{name} needs {len(args)} values, got {len(value)}: {list(value)!r}")
+        for t, v in zip(args if fixed else [args[0] if args else Any] * len(value), value, strict=True):
+            _check_type(name, t, v)
+        return
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          str: lambda v: isinstance(v, str)}.get(hint)
+    if ok is not None and not ok(value):
+        what = "a finite number" if hint is float else f"a {hint.__name__}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+# Ranges, checked by SoraConfig.validate: ">=1", ">0" or an interval "[0,1]" / "(0,1)" / "[0,1)".
+# A field added to a section gets its type checked automatically; add its range here.
+_LIMITS: dict[str, str] = {
+    **dict.fromkeys(["validation.max_unknown_item_ratio", "validation.max_unknown_user_ratio",
+                     "validation.max_duplicate_ratio", "validation.min_text_nonempty_ratio",
+                     "model.dropout", "model.anonymous_prob", "train.edge_dropout"], "[0,1]"),
+    **dict.fromkeys(["split.ratios", "split.cold_item_ratio"], "(0,1)"),
+    **dict.fromkeys(["validation.min_interactions", "validation.min_users", "validation.min_items",
+                     "validation.future_tolerance_s", "validation.examples", "split.seed", "train.seed",
+                     "graph.item_knn_k", "graph.user_knn_k", "graph.cooccur_k", "graph.ease_k", "graph.ease_max_items",
+                     "model.num_layers", "model.transformer_layers", "train.warmup_epochs", "train.min_epochs",
+                     "train.num_threads"], ">=0"),
+    **dict.fromkeys(["text.batch_size", "text.max_seq_length", "graph.knn_batch_size", "model.dim",
+                     "model.history_len", "model.transformer_heads", "train.max_epochs", "train.batch_size",
+                     "train.patience", "train.eval_every", "eval.ks", "eval.batch_size", "serve.max_k",
+                     "drift.rating_bins"], ">=1"),
+    **dict.fromkeys(["graph.ease_lambda", "train.lr", "train.temperature", "serve.poll_interval_s"], ">0"),
+    **dict.fromkeys(["model.side_weight", "train.weight_decay", "train.contrastive_weight",
+                     "registry.promotion_margin"], ">=0"),
+    "serve.port": "[1,65535]",
+    **{f"drift.{f.name}": "[0,1]" for f in dataclasses.fields(DriftConfig) if f.name.endswith(("_warn", "_fail"))},
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "split.mode": SPLIT_MODES,
+    "train.loss": TRAIN_LOSSES,
+    "train.device": TRAIN_DEVICES,
+    "graph.user_edges": USER_EDGE_KINDS,
+}
+_NON_EMPTY = {"text.model", "registry.model_name", "registry.tracking_uri", "registry.champion_alias",
+              "registry.challenger_alias", "serve.model_uri"}
+
+
+def _check_limit(name: str, spec: str, value: float) -> None:
+    if spec.startswith(">="):
+        ok = value >= float(spec[2:])
+    elif spec.startswith(">"):
+        ok = value > float(spec[1:])
+    else:
+        lo, hi = (float(x) for x in spec[1:-1].split(","))
+        ok = (value >= lo if spec[0] == "[" else value > lo) and (value <= hi if spec[-1] == "]" else value < hi)
+    if not ok:
+        shown = spec.replace(">=", ">= ").replace(">0", "> 0")
+        raise ConfigError(f"{name} must be {'in ' if spec[0] in '[(' else ''}{shown}; got {value!r}")
+
+
+def _check_cross(cfg: SoraConfig) -> None:
+    """Rules that involve more than one key, or the inside of a string."""
+    if not math.isclose(sum(cfg.split.ratios), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"split.ratios (train, valid, test) must sum to 1; got {list(cfg.split.ratios)} "
+                          f"(sum {sum(cfg.split.ratios):g})")
+    kinds = [k.strip() for k in cfg.graph.item_edges.split(",") if k.strip()]
+    if kinds != ["none"] and (not kinds or any(k not in ITEM_EDGE_KINDS for k in kinds)):
+        raise ConfigError(f"graph.item_edges must be a comma list of {', '.join(ITEM_EDGE_KINDS)} or 'none'; "
+                          f"got {cfg.graph.item_edges!r}")
+    if not cfg.eval.ks:
+        raise ConfigError("eval.ks may not be empty")
+    if cfg.validation.rating_min > cfg.validation.rating_max:
+        raise ConfigError(f"validation.rating_min ({cfg.validation.rating_min}) is above validation.rating_max "
+                          f"({cfg.validation.rating_max})")
+    if cfg.model.use_transformer and cfg.model.dim % cfg.model.transformer_heads:
+        raise ConfigError(f"model.dim ({cfg.model.dim}) must be divisible by model.transformer_heads "
+                          f"({cfg.model.transformer_heads})")
+    if cfg.registry.champion_alias == cfg.registry.challenger_alias:
+        raise ConfigError(f"registry.champion_alias and registry.challenger_alias are both "
+                          f"{cfg.registry.champion_alias!r}")
+    for f in dataclasses.fields(cfg.drift):
+        if f.name.endswith("_warn"):
+            fail_key = f.name[: -len("_warn")] + "_fail"
+            warn, fail = getattr(cfg.drift, f.name), getattr(cfg.drift, fail_key, None)
+            if warn is not None and fail is not None and warn > fail:
+                raise ConfigError(f"drift.{f.name} ({warn}) is above drift.{fail_key} ({fail})")
+    try:
+        list(string.Formatter().parse(cfg.data.item_text_template))
+    except ValueError as exc:
+        raise ConfigError(f"data.item_text_template is not a valid template: {exc}") from None
+
+
+# Old key -> (canonical key, type of the old value, old value -> canonical value or None for "no change",
+# whether the old key wins over the canonical one given in the same file).
+_DEPRECATED: dict[str, tuple[str, type, Any, bool]] = {
+    "model.use_item_edges": ("graph.item_edges", bool, lambda v: None if v else "none", True),
+    "model.use_user_edges": ("graph.user_edges", bool, lambda v: None if v else "none", True),
+    "eval.ease_lambda": ("graph.ease_lambda", float, lambda v: v, False),
+}
+
+
+def _apply_deprecated(cfg: SoraConfig, dotted: str, value: Any, explicit: bool) -> None:
+    """Set the canonical key from a deprecated one, with a warning saying what to write instead."""
+    canonical, old_type, translate, old_wins = _DEPRECATED[dotted]
+    new = translate(_coerce(dotted, old_type, value))
+    section, key = canonical.split(".")
+    if new is None:
+        msg = f"config key {dotted} is deprecated and has no effect when true; {canonical} decides"
+    elif explicit and not old_wins and getattr(getattr(cfg, section), key) != new:
+        msg = f"config key {dotted} is deprecated; ignored because {canonical} is also given"
+        new = None
+    else:
+        msg = f"config key {dotted} is deprecated; use {canonical}={json.dumps(new)}"
+    warnings.warn(msg, DeprecationWarning, stacklevel=4)
+    log.warning(msg)
+    if new is not None:
+        _assign(cfg, canonical, new)

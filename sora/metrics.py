@@ -93,3 +93,11 @@ def evaluate_scores(score_fn: ScoreFn, eval_users: np.ndarray, eval_items: np.nd
     topk = rank_all(score_fn, users, max(ks), exclude, candidates, batch_size, num_items)
     n_cand = num_items if candidates is None else len(candidates)
     return metrics_from_topk(topk, relevant, ks, n_cand)
+
+
+def metric_name(key: str) -> str:
+    """One metric naming scheme for the Kubeflow UI and MLflow: ``test_ndcg@10`` → ``test_ndcg_at_10``.
+
+    MLflow does not accept ``@`` in metric names, so the ``@K`` of the JSON reports becomes ``_at_K``.
+    """
+    return key.replace("@", "_at_")

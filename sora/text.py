@@ -115,29 +115,39 @@ class EmbedStats:
 
 
 class EmbeddingCache:
-    """One Parquet file per encoder id: text hash → vector. Written whole, then renamed."""
+    """One Parquet file per encoder id: text hash → vector. Written whole, then renamed.
+
+    ``directory`` is a local path or an object-store URI (``s3://bucket/cache``), so pods that share
+    nothing but the store share one cache.
+    """
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
+        self.directory = str(directory).rstrip("/")
 
-    def _path(self, encoder_id: str) -> Path:
+    def _path(self, encoder_id: str) -> str:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", encoder_id)
-        return self.directory / f"{safe}.parquet"
+        return f"{self.directory}/{safe}.parquet"
 
     def load(self, encoder_id: str) -> dict[str, np.ndarray]:
+        import io
+
+        from sora import storage
+
         path = self._path(encoder_id)
-        if not path.exists():
+        if not storage.exists(path):
             return {}
-        df = pd.read_parquet(path)
+        df = pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
         return dict(zip(df["hash"], (np.asarray(v, dtype=np.float32) for v in df["vector"]), strict=True))
 
     def store(self, encoder_id: str, entries: dict[str, np.ndarray]) -> None:
-        path = self._path(encoder_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        import io
+
+        from sora import storage
+
         df = pd.DataFrame({"hash": list(entries), "vector": [v.tolist() for v in entries.values()]})
-        tmp = path.with_name(f".{path.name}.tmp")
-        df.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        storage.write_bytes(self._path(encoder_id), buf.getvalue())
 
 
 def embed_texts(texts: list[str], encoder: TextEncoder, cache: EmbeddingCache | None = None,

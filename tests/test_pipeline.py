@@ -13,22 +13,35 @@ from sora.cli import main
 from tests.conftest import make_dataset
 
 
-def test_compiled_yaml_is_a_pipeline_spec_with_gpu_on_train(tmp_path):
+def test_compiled_yaml_is_a_pipeline_spec_with_gpu_settings_only_on_the_gpu_branch(tmp_path):
     out = tmp_path / "p.yaml"
     assert main(["pipeline", "compile", "-o", str(out)]) == 0
     docs = list(yaml.safe_load_all(out.read_text()))
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     assert spec.pipeline_info.name == "sora-training"
-    train = spec.deployment_spec["executors"]["exec-train"]["container"]
-    accel = train["resources"]["accelerator"]
-    assert accel["resourceType"] == "nvidia.com/gpu" and "gpu_count" in accel["resourceCount"]
-    params = spec.root.input_definitions.parameters
-    assert {"data_dir", "tracking_uri", "model_name", "promotion_margin", "gpu_count"} <= set(params)
+    executors = spec.deployment_spec["executors"]
+    trains = {k: v["container"] for k, v in executors.items() if k.startswith("exec-train")}
+    assert len(trains) == 2  # one for gpu_count > 0, one for CPU nodes
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert platform["exec-train"]["nodeSelector"] and platform["exec-train"]["tolerations"]
-    assert platform["exec-register"]["secretAsEnv"][0]["secretName"] == "sora-mlflow"
-    images = {e["container"]["image"] for e in spec.deployment_spec["executors"].values()}
+    gpu = [k for k, v in trains.items() if "accelerator" in v.get("resources", {})]
+    cpu = [k for k in trains if k not in gpu]
+    assert len(gpu) == 1 and len(cpu) == 1
+    assert "gpu_count" in trains[gpu[0]]["resources"]["accelerator"]["resourceCount"]
+    assert platform[gpu[0]]["nodeSelector"] and platform[gpu[0]]["tolerations"]
+    assert "nodeSelector" not in platform[cpu[0]] and "tolerations" not in platform[cpu[0]]
+    params = spec.root.input_definitions.parameters
+    assert {"data_uri", "tracking_uri", "model_name", "promotion_margin", "gpu_count"} <= set(params)
+    assert "data_dir" not in params  # data is a URI, never a path shared between pods
+    # every step gets the Secret, and the Secret carries MLFLOW_TRACKING_URI and the object store's variables
+    for name in executors:
+        if name != "exec-fail":
+            env = {e["envVar"] for s in platform[name]["secretAsEnv"] for e in s["keyToEnv"]}
+            assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"} <= env, name
+    images = {e["container"]["image"] for e in executors.values()}
     assert any("sora-trainer" in i for i in images) and any(i.endswith("/sora:0.1.0") for i in images)
+    # later steps read the prepared split, never the raw data: only validate and prepare take data_uri
+    readers = {name for name, comp in spec.components.items() if "data_uri" in comp.input_definitions.parameters}
+    assert readers == {"comp-validate", "comp-prepare"}
 
 
 def _run(tmp_path, data, *overrides, margin="0.0"):

@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 
 from sora import registry
+from sora.promotion import decide
+from sora.recommender import Recommender
+from sora.stages import model_hash
 from sora.config import SoraConfig
 from sora.evaluate import evaluate_model
 from sora.text import HashEncoder
@@ -21,11 +24,11 @@ from tests.conftest import free_port, make_dataset
 def test_decide_margin_and_guards():
     ch = {"ndcg@10": 0.30, "recall@20": 0.40, "coverage@20": 0.30}
     champ = {"ndcg@10": 0.28, "recall@20": 0.40, "coverage@20": 0.30}
-    assert registry.decide(ch, champ, 0.0, "champion", "2", "1").promote
-    assert not registry.decide(ch, champ, 0.10, "champion", "2", "1").promote  # 0.30 < 0.28 * 1.1
-    assert not registry.decide(champ, champ, 0.0, "champion", "2", "1").promote  # a tie keeps the champion
+    assert decide(ch, champ, 0.0, "champion", "2", "1").promote
+    assert not decide(ch, champ, 0.10, "champion", "2", "1").promote  # 0.30 < 0.28 * 1.1
+    assert not decide(champ, champ, 0.0, "champion", "2", "1").promote  # a tie keeps the champion
     worse_cov = {**ch, "coverage@20": 0.20}
-    d = registry.decide(worse_cov, champ, 0.05, "champion", "2", "1")
+    d = decide(worse_cov, champ, 0.05, "champion", "2", "1")
     assert not d.promote and "coverage@20" in d.reason
 
 
@@ -60,7 +63,9 @@ def _model(tmp: Path, epochs: int, dim: int, name: str):
     split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
     rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
     rec.save(tmp / name)
-    return ds, tmp / name, evaluate_model(rec, split, cfg, ("mostpop",))
+    report = evaluate_model(rec, split, cfg, ("mostpop",))
+    report["model_hash"] = model_hash(str(tmp / name))
+    return split, tmp / name, report
 
 
 @pytest.mark.slow
@@ -68,28 +73,53 @@ def test_register_compare_promote_rollback_on_a_real_server(mlflow_server, tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     uri = registry.resolve_tracking_uri(None, {"MLFLOW_TRACKING_URI": mlflow_server})
     assert uri == mlflow_server
-    ds, good_dir, good_report = _model(tmp_path, 8, 16, "good")
+    split, good_dir, good_report = _model(tmp_path, 8, 16, "good")
     _, bad_dir, bad_report = _model(tmp_path, 1, 2, "bad")
     assert good_report["test"]["ndcg@10"] > bad_report["test"]["ndcg@10"]
 
     v1 = registry.log_and_register(uri, "sora-test", good_dir, good_report).version
-    d1 = registry.compare(uri, "sora-test", v1, ds, 0.0, challenger_dir=good_dir)
+    d1 = registry.compare(uri, "sora-test", v1, Recommender.load(good_dir), split, 0.0)
     assert d1.promote and d1.reference == "mostpop"
     registry.promote(uri, "sora-test", v1)
 
     # a deliberately worse challenger is not promoted
     v2 = registry.log_and_register(uri, "sora-test", bad_dir, bad_report).version
-    d2 = registry.compare(uri, "sora-test", v2, ds, 0.0)  # challenger downloaded from the server
+    d2 = registry.compare(uri, "sora-test", v2, registry.load_version(uri, f"models:/sora-test/{v2}"), split, 0.0)
     assert not d2.promote and d2.champion_version == v1
     client = mlflow.MlflowClient(uri)
     assert str(client.get_model_version_by_alias("sora-test", "champion").version) == v1
     tags = client.get_model_version("sora-test", v2).tags
     assert tags["promotion.decision"] == "keep champion" and "does not beat" in tags["promotion.reason"]
 
-    # the pyfunc behind the challenger alias answers top-k for a user id
-    model = mlflow.pyfunc.load_model("models:/sora-test@challenger")
-    out = model.predict(pd.DataFrame({"user_id": ["u3"], "k": [5]}))
-    assert list(out.columns) == ["user_id", "rank", "item_id", "title", "score"] and len(out) == 5
+    # registering the same model again (a cached train step) reuses its version
+    again = registry.log_and_register(uri, "sora-test", bad_dir, bad_report)
+    assert again.version == v2 and again.reused
+
+    # the pyfunc loads in a fresh process that has nothing of the project on its path (code is logged),
+    # takes k as a param and answers one row per input row; unknown users get the flagged fallback
+    code = (
+        "import sys, site, json\n"
+        "sys.path[:] = [p for p in sys.path if p]\n"
+        "[site.addsitedir(p) for p in site.getsitepackages()]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]\n"
+        "import importlib.util; assert importlib.util.find_spec('sora') is None, 'sora importable before load'\n"
+        "import mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/sora-test@challenger')\n"
+        "out = m.predict(pd.DataFrame({'user_id': ['u3', 'nobody']}), params={'k': 5})\n"
+        "print(json.dumps({'cols': list(out.columns), 'n': len(out), 'lens': [len(x) for x in out['item_ids']],"
+        " 'fallback': [bool(x) for x in out['fallback']]}))\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = uri
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"cols": ["user_id", "item_ids", "scores", "fallback"], "n": 2, "lens": [5, 5],
+                      "fallback": [False, True]}
+    reqs = Path(mlflow.artifacts.download_artifacts("models:/sora-test@challenger", dst_path=str(tmp_path / "dl")))
+    requirements = (reqs / "requirements.txt").read_text()
+    assert "torch==" in requirements and not any(p in requirements for p in ("dgl", "kfp", "bentoml",
+                                                                              "great-expectations", "sora=="))
 
     # promoting by hand, then rolling back, returns to the version that held champion before
     registry.promote(uri, "sora-test", v2)
@@ -103,3 +133,23 @@ def test_register_compare_promote_rollback_on_a_real_server(mlflow_server, tmp_p
     assert len(history) == 8  # one point per epoch
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/training_curves.png" in arts
+
+
+def test_an_unreachable_registry_is_one_clear_error_not_no_versions(capsys):
+    from sora.cli import main
+
+    port = free_port()  # nothing listens there
+    assert main(["registry", "show", "--tracking-uri", f"http://127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sora: error: cannot reach the registry at http://127.0.0.1:") and "\n" not in err
+
+
+def test_promoting_a_version_that_does_not_exist_says_so(tmp_path, capsys):
+    from sora.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["registry", "promote", "999", "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert "sora version 999 does not exist" in err and "Traceback" not in err
+    assert main(["registry", "rollback", "--tracking-uri", uri]) == 1
+    assert "nothing to roll back" in capsys.readouterr().err

@@ -1,17 +1,21 @@
 """MLflow registry: log a training run, register the model, gate and move the ``champion`` alias.
 
-The only module that imports MLflow. Every function takes the tracking URI explicitly; the CLI and
-components resolve it (flag > ``MLFLOW_TRACKING_URI`` > ``sqlite:///.sora/mlflow.db``).
+The only package that imports MLflow (with :mod:`sora.registry.pyfunc`). Every function takes the
+tracking URI explicitly; the CLI and components resolve it (flag > ``MLFLOW_TRACKING_URI`` >
+``sqlite:///.sora/mlflow.db``), see :func:`resolve_tracking_uri`.
 
-Aliases: a new version gets ``challenger``. :func:`decide` scores the challenger and the current
-``champion`` on the challenger's split of the same data; :func:`promote` moves ``champion`` and
-records the version it replaced as the tag ``previous_champion``, which :func:`rollback` follows.
+Aliases: a new version gets ``challenger``. :func:`compare` scores the challenger and the current
+``champion`` on the challenger's split and applies :func:`sora.promotion.decide`; :func:`promote` moves
+``champion`` and records the version it replaced as the tag ``previous_champion``, which
+:func:`rollback` follows. An unreachable server (:class:`RegistryUnreachable`) is told apart from a
+missing model, version or alias (:class:`RegistryNotFound`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +23,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-import pandas as pd
 import torch
 
-from sora.config import SoraConfig
-from sora.data import Dataset
-from sora.evaluate import evaluate_split, mostpop_scores, rebuild_split
+from sora.config import RegistryConfig, SoraConfig
+from sora.evaluate import evaluate_split, mostpop_scores
+from sora.metrics import metric_name
 from sora.promotion import Decision, decide
 from sora.recommender import Recommender
 from sora.split import Split
@@ -33,16 +36,68 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///.sora/mlflow.db"
 EXPERIMENT = "sora"
+HASH_TAG = "sora.model_hash"
 
 
-def _client(tracking_uri: str):
+class RegistryError(Exception):
+    """A registry operation failed; the message is one line for the user."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The tracking server cannot be reached (or refuses us): an outage, not a missing model."""
+
+
+class RegistryNotFound(RegistryError):
+    """The server answered, but the model, version or alias does not exist."""
+
+
+def check_reachable(tracking_uri: str, cfg: RegistryConfig | None = None) -> None:
+    """Fail fast with :class:`RegistryUnreachable` when an HTTP tracking server does not answer its API.
+
+    ``/health`` is not enough: MLflow answers it even to a Host header it rejects on every API call.
+    """
+    cfg = cfg or RegistryConfig()
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    import requests
+
+    auth = None
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    last = ""
+    for _ in range(max(1, cfg.max_retries + 1)):
+        try:
+            r = requests.post(url, json={"max_results": 1}, auth=auth, timeout=(cfg.connect_timeout_s, 30))
+        except requests.RequestException as exc:
+            last = f"{type(exc).__name__}"
+            continue
+        if r.status_code == 200:
+            return
+        last = f"HTTP {r.status_code} {r.text.strip()[:120]!r}"
+        if r.status_code in (401, 403):
+            break
+    raise RegistryUnreachable(f"cannot reach the registry at {tracking_uri}: {last} "
+                              f"(POST {url}, {cfg.max_retries + 1} tries, {cfg.connect_timeout_s:g}s connect timeout)")
+
+
+def _client(tracking_uri: str, cfg: RegistryConfig | None = None):
     import mlflow
     from mlflow import MlflowClient
 
+    cfg = cfg or RegistryConfig()
     parsed = urlparse(tracking_uri)
+    if not parsed.scheme:
+        raise RegistryError(f"tracking URI {tracking_uri!r} has no scheme (sqlite:///…, http://…)")
     if parsed.scheme == "sqlite":
         db = Path(tracking_uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # MLflow's own defaults retry for minutes; bound them (the user can still override by env).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.max_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(int(cfg.connect_timeout_s * 6), 10)))
+        check_reachable(tracking_uri, cfg)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -66,36 +121,49 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def pip_requirements() -> list[str]:
-    """The stack that reproduces the model: Sora's own pins (from its installed metadata)."""
-    from importlib.metadata import PackageNotFoundError, requires, version
-
-    try:
-        reqs = [r.split(";")[0].strip() for r in requires("sora") or [] if "extra ==" not in r]
-        return [f"sora=={version('sora')}", *reqs]
-    except PackageNotFoundError:
-        return []
-
-
 @dataclass
 class Registered:
     run_id: str
     version: str
     model_uri: str
+    reused: bool = False
+
+
+def _version_with_hash(client, model_name: str, model_hash: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{model_name}' and tags.`{HASH_TAG}` = '{model_hash}'")
+    except MlflowException:
+        return None
+    return min(found, key=lambda mv: int(mv.version)) if found else None
 
 
 def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, eval_report: dict[str, Any],
-                     validation_html: str | Path | None = None, extra_artifacts: dict[str, str | Path] | None = None,
-                     run_name: str | None = None) -> Registered:
-    """One MLflow run: params, per-epoch metrics, final metrics, plots, reports and the pyfunc model,
-    registered under ``model_name`` with alias ``challenger``."""
+                     extra_artifacts: dict[str, bytes] | None = None, run_name: str | None = None,
+                     lineage: dict[str, Any] | None = None, cfg: RegistryConfig | None = None) -> Registered:
+    """One MLflow run: params, per-epoch metrics, final metrics, plots, reports, the dataset as an input
+    and the pyfunc model, registered under ``model_name`` with alias ``challenger``.
+
+    ``eval_report["model_hash"]`` identifies the model's content: when a version with that hash exists
+    (a cached training step followed by a new registration), it is reused, not registered again.
+    """
     import mlflow
-    from mlflow.models import infer_signature
 
     from sora.plots import training_curves_png
-    from sora.registry.pyfunc import SoraPyfunc, recommend_frame
+    from sora.registry.pyfunc import log_pyfunc
 
-    client = _client(tracking_uri)
+    cfg = cfg or RegistryConfig()
+    client = _client(tracking_uri, cfg)
+    model_hash = eval_report.get("model_hash", "")
+    if model_hash:
+        existing = _version_with_hash(client, model_name, model_hash)
+        if existing is not None:
+            client.set_registered_model_alias(model_name, cfg.challenger_alias, str(existing.version))
+            log.info("%s v%s already holds this model (hash %s): not registered again", model_name,
+                     existing.version, model_hash[:12])
+            return Registered(existing.run_id or "", str(existing.version), f"models:/{model_name}/{existing.version}",
+                              reused=True)
     rec = Recommender.load(model_dir)
     exp_id = _experiment_id(client, tracking_uri)
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
@@ -103,55 +171,109 @@ def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, 
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_params({"data_fingerprint": rec.meta.get("data_fingerprint"), "encoder_id": rec.meta.get("encoder_id"),
                            "num_users": rec.num_users, "num_items": rec.num_items})
+        device = rec.meta.get("device")
+        if isinstance(device, dict):
+            mlflow.log_params({f"device.{k}": str(v)[:500] for k, v in device.items()})
+        elif device:
+            mlflow.log_param("device", str(device))
         for h in rec.meta.get("history", []):
-            mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in h.items()
+            mlflow.log_metrics({metric_name(k): float(v) for k, v in h.items()
                                 if k != "epoch" and isinstance(v, (int, float))}, step=int(h["epoch"]))
-        final = {f"{part}_{k}": v for part in ("valid", "test") for k, v in eval_report.get(part, {}).items()}
-        for name, m in eval_report.get("baselines", {}).items():
-            final.update({f"baseline_{name}_{k}": v for k, v in m.items()})
-        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in final.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics(report_metrics(eval_report))
+        if lineage:
+            _log_dataset(lineage)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "evaluation.json").write_text(json.dumps(eval_report, indent=2))
             mlflow.log_artifact(str(Path(tmp) / "evaluation.json"), "reports")
             if rec.meta.get("history"):
                 (Path(tmp) / "training_curves.png").write_bytes(training_curves_png(rec.meta["history"]))
                 mlflow.log_artifact(str(Path(tmp) / "training_curves.png"), "plots")
-        if validation_html and Path(validation_html).exists():
-            mlflow.log_artifact(str(validation_html), "reports")
-        for path in (extra_artifacts or {}).values():
-            if Path(path).exists():
-                mlflow.log_artifact(str(path), "reports")
-        example = pd.DataFrame({"user_id": rec.user_ids[:2], "k": [10, 10]})
-        signature = infer_signature(example, recommend_frame(rec, example))
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=SoraPyfunc(), artifacts={"model_dir": str(model_dir)},
-            signature=signature, input_example=example, pip_requirements=pip_requirements(),
-            registered_model_name=model_name,
-        )
+            for name, data in (extra_artifacts or {}).items():
+                (Path(tmp) / name).write_bytes(data)
+                mlflow.log_artifact(str(Path(tmp) / name), "reports")
+        info = log_pyfunc(rec, model_dir, model_name)
         version = str(info.registered_model_version)
-        mlflow.set_tags({"sora.model_version": version, "sora.data_fingerprint": rec.meta.get("data_fingerprint", "")})
-    client.set_registered_model_alias(model_name, "challenger", version)
-    log.info("registered %s version %s (run %s) as challenger", model_name, version, run.info.run_id)
+        mlflow.set_tags({"sora.model_version": version, "sora.data_fingerprint": rec.meta.get("data_fingerprint", ""),
+                         HASH_TAG: model_hash})
+    if model_hash:
+        client.set_model_version_tag(model_name, version, HASH_TAG, model_hash)
+    client.set_registered_model_alias(model_name, cfg.challenger_alias, version)
+    log.info("registered %s version %s (run %s) as %s", model_name, version, run.info.run_id, cfg.challenger_alias)
     return Registered(run.info.run_id, version, f"models:/{model_name}/{version}")
 
 
+def report_metrics(eval_report: dict[str, Any]) -> dict[str, float]:
+    """The evaluation report as flat metric names, the same in the Kubeflow UI and in MLflow."""
+    out = {}
+    for part in ("valid", "test"):
+        out.update({metric_name(f"{part}_{k}"): float(v) for k, v in eval_report.get(part, {}).items()
+                    if isinstance(v, (int, float))})
+    for name, m in eval_report.get("baselines", {}).items():
+        out.update({metric_name(f"baseline_{name}_{k}"): float(v) for k, v in m.items() if isinstance(v, (int, float))})
+    return out
+
+
+def _log_dataset(lineage: dict[str, Any]) -> None:
+    """The training data as an MLflow dataset input: its source URI and content digest."""
+    import mlflow
+    import pandas as pd
+
+    counts = lineage.get("counts", {})
+    profile = pd.DataFrame([{k: v for k, v in counts.items() if isinstance(v, (int, float))}])
+    try:
+        dataset = mlflow.data.from_pandas(profile, source=str(lineage["source"]), name=Path(
+            str(lineage["source"]).rstrip("/")).name or "data", digest=str(lineage["digest"])[:36])
+        mlflow.log_input(dataset, context="training")
+    except Exception as exc:  # noqa: BLE001 - an unknown source scheme must not fail registration
+        log.warning("could not log the dataset input (%s); recording it as tags", exc)
+    mlflow.set_tags({"sora.data_source": str(lineage["source"]), "sora.data_digest": str(lineage["digest"])})
+
+
+def _mlflow_error(exc: Exception, what: str, tracking_uri: str) -> RegistryError:
+    """An MlflowException → not found (the server answered) or unreachable (it did not)."""
+    code = getattr(exc, "error_code", "") or ""
+    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if "RESOURCE_DOES_NOT_EXIST" in code or "NOT_FOUND" in code or "not found" in text.lower():
+        return RegistryNotFound(f"{what} does not exist in the registry at {tracking_uri}")
+    if "INVALID_PARAMETER_VALUE" in code:
+        return RegistryNotFound(f"{what}: {text}")
+    return RegistryUnreachable(f"cannot reach the registry at {tracking_uri}: {text}")
+
+
 def _version_by_alias(client, name: str, alias: str):
+    """The version behind ``alias``, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        err = _mlflow_error(exc, f"{name}@{alias}", "")
+        if isinstance(err, RegistryNotFound):
+            return None
+        raise RegistryUnreachable(str(exc).splitlines()[0][:200]) from exc
+
+
+def _get_version(client, tracking_uri: str, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    if not str(version).isdigit():
+        raise RegistryNotFound(f"model version must be a number, got {version!r}")
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise _mlflow_error(exc, f"{name} version {version}", tracking_uri) from exc
 
 
 def resolve_model_uri(tracking_uri: str | None, model_uri: str) -> tuple[str, str, str]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → (name, version, ``models:/NAME/VERSION``)."""
     import re
 
+    tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
     m = re.match(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$", model_uri)
     if m:
-        client = _client(tracking_uri or DEFAULT_TRACKING_URI)
-        mv = client.get_model_version_by_alias(m["name"], m["alias"])
+        mv = _version_by_alias(_client(tracking_uri), m["name"], m["alias"])
+        if mv is None:
+            raise RegistryNotFound(f"{model_uri} does not exist in the registry at {tracking_uri}")
         return m["name"], str(mv.version), f"models:/{m['name']}/{mv.version}"
     m = re.match(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$", model_uri)
     if m:
@@ -162,13 +284,18 @@ def resolve_model_uri(tracking_uri: str | None, model_uri: str) -> tuple[str, st
 def load_version(tracking_uri: str, model_uri: str) -> Recommender:
     """Download a registered version (``models:/name/3`` or ``models:/name@champion``) and load it."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    _client(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    candidates = list(local.rglob("model.safetensors"))
-    if not candidates:
-        raise FileNotFoundError(f"{model_uri}: no Sora model directory inside the artifacts")
-    return Recommender.load(candidates[0].parent)
+    name, _, versioned = resolve_model_uri(tracking_uri, model_uri)
+    with tempfile.TemporaryDirectory(prefix="sora-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=versioned, dst_path=tmp))
+        except MlflowException as exc:
+            raise _mlflow_error(exc, versioned, tracking_uri) from exc
+        candidates = list(local.rglob("model.safetensors"))
+        if not candidates:
+            raise RegistryNotFound(f"{model_uri}: no Sora model directory inside the artifacts")
+        return Recommender.load(candidates[0].parent)
 
 
 def aligned_scores(rec: Recommender, split: Split):
@@ -195,20 +322,18 @@ def aligned_scores(rec: Recommender, split: Split):
     return score
 
 
-def compare(tracking_uri: str, model_name: str, challenger_version: str, dataset: Dataset, margin: float,
-            challenger_dir: str | Path | None = None) -> Decision:
-    """Score challenger and champion on the challenger's split of ``dataset``; record the decision as tags."""
-    client = _client(tracking_uri)
-    rec = (Recommender.load(challenger_dir) if challenger_dir else
-           load_version(tracking_uri, f"models:/{model_name}/{challenger_version}"))
-    split = rebuild_split(rec, dataset)
+def compare(tracking_uri: str, model_name: str, challenger_version: str, rec: Recommender, split: Split,
+            margin: float, cfg: RegistryConfig | None = None) -> Decision:
+    """Score challenger ``rec`` and the champion on the challenger's ``split``; record the decision as tags."""
+    cfg = cfg or RegistryConfig()
+    client = _client(tracking_uri, cfg)
     ks = rec.config.eval.ks
     ch_metrics = evaluate_split(rec.score_users, split, "test", ks)
-    champ = _version_by_alias(client, model_name, "champion")
+    champ = _version_by_alias(client, model_name, cfg.champion_alias)
     if champ is None or str(champ.version) == str(challenger_version):
         ref = evaluate_split(mostpop_scores(split.matrix("train")), split, "test", ks)
         decision = decide(ch_metrics, ref, margin, "mostpop", challenger_version, None)
-        decision.reason = "no champion yet; " + decision.reason
+        decision.reason = f"no {cfg.champion_alias} yet; " + decision.reason
     else:
         champion_rec = load_version(tracking_uri, f"models:/{model_name}/{champ.version}")
         ref = evaluate_split(aligned_scores(champion_rec, split), split, "test", ks)
@@ -219,7 +344,7 @@ def compare(tracking_uri: str, model_name: str, challenger_version: str, dataset
             "promotion.champion_version": decision.champion_version or ""}
     for k, v in tags.items():
         client.set_model_version_tag(model_name, challenger_version, k, v)
-    mv = client.get_model_version(model_name, challenger_version)
+    mv = _get_version(client, tracking_uri, model_name, challenger_version)
     if mv.run_id:
         for k, v in tags.items():
             client.set_tag(mv.run_id, k, v)
@@ -227,52 +352,58 @@ def compare(tracking_uri: str, model_name: str, challenger_version: str, dataset
     return decision
 
 
-def promote(tracking_uri: str, model_name: str, version: str) -> str | None:
-    """Point ``champion`` at ``version``; remember the version it replaced. Returns that version."""
+def promote(tracking_uri: str, model_name: str, version: str, alias: str = "champion") -> str | None:
+    """Point ``alias`` at ``version``; remember the version it replaced. Returns that version."""
     client = _client(tracking_uri)
-    current = _version_by_alias(client, model_name, "champion")
+    _get_version(client, tracking_uri, model_name, version)
+    current = _version_by_alias(client, model_name, alias)
     previous = str(current.version) if current is not None else None
     if previous == str(version):
         return previous
-    client.set_registered_model_alias(model_name, "champion", str(version))
+    client.set_registered_model_alias(model_name, alias, str(version))
     client.set_model_version_tag(model_name, str(version), "previous_champion", previous or "")
-    log.info("champion: %s v%s (was %s)", model_name, version, previous)
+    log.info("%s: %s v%s (was %s)", alias, model_name, version, previous)
     return previous
 
 
-def rollback(tracking_uri: str, model_name: str) -> tuple[str, str]:
-    """Move ``champion`` back to the version that held it before. Returns (from, to)."""
+def rollback(tracking_uri: str, model_name: str, alias: str = "champion") -> tuple[str, str]:
+    """Move ``alias`` back to the version that held it before. Returns (from, to)."""
     client = _client(tracking_uri)
-    current = _version_by_alias(client, model_name, "champion")
+    current = _version_by_alias(client, model_name, alias)
     if current is None:
-        raise ValueError(f"{model_name} has no champion to roll back")
+        raise RegistryNotFound(f"{model_name}@{alias} does not exist in the registry at {tracking_uri}: "
+                               "nothing to roll back")
     previous = current.tags.get("previous_champion", "")
     if not previous:
-        raise ValueError(f"{model_name} v{current.version} has no previous champion to roll back to")
-    client.set_registered_model_alias(model_name, "champion", previous)
+        raise RegistryNotFound(f"{model_name} v{current.version} has no previous {alias} to roll back to")
+    client.set_registered_model_alias(model_name, alias, previous)
     client.set_model_version_tag(model_name, str(current.version), "rolled_back", "true")
     return str(current.version), previous
 
 
 def show(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
-    """Every version with its aliases, decision tags and test NDCG@10."""
+    """Every version with its aliases, decision tags and test NDCG@10 (empty when the model has none)."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(tracking_uri)
     try:
         versions = client.search_model_versions(f"name='{model_name}'")
-    except Exception:  # noqa: BLE001 - no such model yet
-        return []
-    aliases: dict[str, list[str]] = {}
-    try:
-        for alias, v in client.get_registered_model(model_name).aliases.items():
-            aliases.setdefault(str(v), []).append(alias)
-    except Exception:  # noqa: BLE001
-        pass
-    rows = []
-    for mv in sorted(versions, key=lambda m: int(m.version)):
-        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-        rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
-                     "test_ndcg@10": metrics.get("test_ndcg_at_10"), "decision": mv.tags.get("promotion.decision", ""),
-                     "reason": mv.tags.get("promotion.reason", ""), "run_id": mv.run_id})
+        aliases: dict[str, list[str]] = {}
+        if versions:
+            for alias, v in client.get_registered_model(model_name).aliases.items():
+                aliases.setdefault(str(v), []).append(alias)
+        rows = []
+        for mv in sorted(versions, key=lambda m: int(m.version)):
+            metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            rows.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+                         "test_ndcg@10": metrics.get(metric_name("test_ndcg@10")),
+                         "decision": mv.tags.get("promotion.decision", ""),
+                         "reason": mv.tags.get("promotion.reason", ""), "run_id": mv.run_id})
+    except MlflowException as exc:
+        err = _mlflow_error(exc, model_name, tracking_uri)
+        if isinstance(err, RegistryNotFound):
+            return []
+        raise err from exc
     return rows
 
 
@@ -298,5 +429,9 @@ def model_card(eval_report: dict[str, Any], decision: Decision | None, model_nam
 
 
 def resolve_tracking_uri(flag: str | None, env: dict[str, str], cfg: SoraConfig | None = None) -> str:
-    """Flag > ``MLFLOW_TRACKING_URI`` > config/default. Called at the edges only."""
-    return flag or env.get("MLFLOW_TRACKING_URI") or (cfg.registry.tracking_uri if cfg else DEFAULT_TRACKING_URI)
+    """Flag or parameter > ``MLFLOW_TRACKING_URI`` > config/default. Called at the edges only.
+
+    Empty strings count as unset (a pipeline parameter left at its default is ``""``).
+    """
+    return (flag or "").strip() or (env.get("MLFLOW_TRACKING_URI") or "").strip() or (
+        cfg.registry.tracking_uri if cfg else DEFAULT_TRACKING_URI)

@@ -1,20 +1,32 @@
-"""Sora as an MLflow pyfunc: artifacts are Sora's own model directory, loaded with ``Recommender.load``.
+"""Sora as an MLflow pyfunc that loads anywhere MLflow runs.
 
-Input: a DataFrame with ``user_id`` (string) and optional ``k`` (int, default 10).
-Output: one row per recommendation: ``user_id``, ``rank``, ``item_id``, ``title``, ``score``.
-Unknown users get no rows (and a warning in the log).
+The logged model carries Sora's own model directory (artifact ``model_dir``) and the code that reads
+it (``code_paths``: the ``sora`` package, so nothing of the project needs to be installed where it is
+loaded), and asks only for the inference stack (torch, numpy, pandas, scipy, safetensors, pyarrow,
+pyyaml, mlflow) — no DGL, kfp, Great Expectations or BentoML.
+
+Input: a DataFrame with a ``user_id`` column (strings). Params (``predict(df, params={...})``):
+``k`` (default 10), ``exclude_seen`` (default true), ``fallback`` (default true).
+Output: one row per input row — ``user_id``, ``item_ids`` (list), ``scores`` (list), ``fallback``
+(true when the user is unknown and the popularity ranking was returned instead; with
+``fallback=false`` unknown users get empty lists, still flagged, never dropped). That shape works from
+``mlflow.pyfunc.spark_udf`` too.
 """
 
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ["user_id", "rank", "item_id", "title", "score"]
+OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "fallback"]
+DEFAULT_PARAMS = {"k": 10, "exclude_seen": True, "fallback": True}
+INFERENCE_PACKAGES = ("torch", "numpy", "pandas", "scipy", "safetensors", "pyarrow", "pyyaml", "mlflow")
 
 
 class SoraPyfunc(mlflow.pyfunc.PythonModel):
@@ -23,18 +35,53 @@ class SoraPyfunc(mlflow.pyfunc.PythonModel):
 
         self.rec = Recommender.load(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return recommend_frame(self.rec, model_input)
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return recommend_frame(self.rec, model_input, **{**DEFAULT_PARAMS, **(params or {})})
 
 
-def recommend_frame(rec, model_input: pd.DataFrame) -> pd.DataFrame:
+def recommend_frame(rec, model_input: pd.DataFrame, k: int = 10, exclude_seen: bool = True,
+                    fallback: bool = True) -> pd.DataFrame:
+    """One output row per input row (see the module docstring)."""
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if "user_id" not in model_input.columns:
+        raise ValueError("model input needs a user_id column")
+    popular = None
     rows = []
-    for rec_row in model_input.to_dict("records"):
-        uid = str(rec_row["user_id"])
-        k = int(rec_row.get("k") or 10)
-        if uid not in rec.user_index:
-            log.warning("unknown user_id %r: no recommendations", uid)
-            continue
-        for rank, item in enumerate(rec.recommend(uid, k=k), 1):
-            rows.append({"user_id": uid, "rank": rank, **item})
+    for uid in model_input["user_id"].astype(str):
+        if uid in rec.user_index:
+            items, used_fallback = rec.recommend(uid, k=k, exclude_seen=bool(exclude_seen)), False
+        else:
+            if fallback and popular is None:
+                popular = rec.recommend_popular(k)
+            items, used_fallback = (popular if fallback else []), True
+        rows.append({"user_id": uid, "item_ids": [it["item_id"] for it in items],
+                     "scores": [float(it["score"]) for it in items], "fallback": used_fallback})
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def inference_requirements() -> list[str]:
+    """Pinned versions of the inference stack as installed here."""
+    reqs = []
+    for name in INFERENCE_PACKAGES:
+        try:
+            reqs.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def log_pyfunc(rec, model_dir: str | Path, registered_model_name: str):
+    """Log the pyfunc (with its code and inference requirements) in the active run and register it."""
+    import sora
+
+    from mlflow.models import infer_signature
+
+    example = pd.DataFrame({"user_id": list(rec.user_ids[:2])})
+    signature = infer_signature(example, recommend_frame(rec, example), params=dict(DEFAULT_PARAMS))
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=SoraPyfunc(), artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(Path(sora.__file__).parent)], signature=signature, input_example=example,
+        pip_requirements=inference_requirements(), registered_model_name=registered_model_name,
+    )

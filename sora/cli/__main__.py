@@ -1,0 +1,5 @@
+import sys
+
+from sora.cli import main
+
+sys.exit(main())

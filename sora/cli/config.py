@@ -1,0 +1,21 @@
+"""``sora config show``."""
+
+from __future__ import annotations
+
+import json
+
+from sora.cli.common import EXIT_OK, add_config_args, config_from
+
+
+def cmd_show(args) -> int:
+    cfg = config_from(args)
+    print(json.dumps(cfg.to_dict(), indent=2) if args.json else cfg.to_yaml(), end="")
+    return EXIT_OK
+
+
+def add_parser(sub) -> None:
+    cfg = sub.add_parser("config", help="show the configuration").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("show", help="print the config (defaults, then --config, then --set), every key")
+    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    add_config_args(p)
+    p.set_defaults(func=cmd_show)
