@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,11 +81,16 @@ class Dataset:
 
 
 def find_table(directory: Path, name: str) -> Path | None:
-    for ext in EXTENSIONS:
-        path = directory / f"{name}{ext}"
-        if path.exists():
-            return path
-    return None
+    """The file holding table ``name`` in ``directory``, or None.
+
+    Raises :class:`DataError` naming both files when ``<name>.csv`` and ``<name>.parquet`` are both
+    present: silently picking one would train on whichever the extension order favours.
+    """
+    found = [directory / f"{name}{ext}" for ext in EXTENSIONS if (directory / f"{name}{ext}").exists()]
+    if len(found) > 1:
+        raise DataError(f"{directory}: table {name!r} is present twice ({' and '.join(p.name for p in found)}); "
+                        f"keep exactly one of them", path=found[0])
+    return found[0] if found else None
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -171,6 +178,22 @@ def item_texts(items: pd.DataFrame, template: str) -> pd.Series:
 class _Blank(dict):
     def __missing__(self, key: str) -> str:
         return ""
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` through a uniquely named temporary file beside ``path`` and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; reports are read by other tools
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def timestamps_to_seconds(col: pd.Series) -> pd.Series:

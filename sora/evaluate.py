@@ -93,7 +93,8 @@ def lightgcn_config(cfg: SoraConfig) -> SoraConfig:
     """The LightGCN-like ablation: ids only, no text, no Transformer, no side edges, no item–item head."""
     abl = copy.deepcopy(cfg)
     abl.model.use_text = abl.model.use_transformer = False
-    abl.model.use_item_edges = abl.model.use_user_edges = abl.model.use_item_item_score = False
+    abl.model.use_item_item_score = False
+    abl.graph.item_edges = abl.graph.user_edges = "none"
     return abl
 
 
@@ -110,7 +111,7 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
             if split.num_items > cfg.graph.ease_max_items:
                 log.warning("ease skipped: %d items > graph.ease_max_items", split.num_items)
                 continue
-            fn = ease_scores(x_train, cfg.eval.ease_lambda)
+            fn = ease_scores(x_train, cfg.graph.ease_lambda)
         elif name == "bpr":
             fn = bpr_scores(x_train, cfg.train.seed)
         elif name == "textknn":

@@ -9,8 +9,12 @@ A model directory holds:
 - ``items.parquet``      item metadata (id, title, …) for responses
 
 ``Recommender.load(dir)`` is the only loader; the CLI, pipeline components, MLflow pyfunc and the
-BentoML service all use it. Scores are ``user · item`` plus ``alpha`` times the item–item head
-(the user's training items propagated over EASE-weighted item↔item edges).
+BentoML service all use it. It loads strictly: a missing, truncated or inconsistent file (weights that
+do not match the config, tensors missing or unexpected) raises :class:`ModelLoadError` naming the
+directory, the file and the tensors, never a bare traceback from inside safetensors or torch.
+``save`` writes a temporary directory and renames it into place, so a failed save leaves the previous
+model whole. Scores are ``user · item`` plus ``alpha`` times the item–item head (the user's training
+items propagated over EASE-weighted item↔item edges).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 
-from sora.config import SoraConfig
+from sora.config import ConfigError, SoraConfig
 from sora.model import SoraModel
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,13 @@ log = logging.getLogger(__name__)
 
 class UnknownIdError(KeyError):
     """A user or item id the model does not know."""
+
+
+class ModelLoadError(ValueError):
+    """A model directory is incomplete, damaged or inconsistent; the message names the directory and file."""
+
+
+MODEL_FILES = ("config.json", "meta.json", "model.safetensors", "items.parquet")
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[str, torch.Tensor]:
@@ -50,7 +61,9 @@ def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[st
 def _csr_from(t: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int]) -> sp.csr_matrix:
     indptr, indices = t[f"{prefix}.indptr"].numpy(), t[f"{prefix}.indices"].numpy()
     data = t[f"{prefix}.values"].numpy() if f"{prefix}.values" in t else np.ones(len(indices), np.float32)
-    return sp.csr_matrix((data, indices, indptr), shape=shape)
+    m = sp.csr_matrix((data, indices, indptr), shape=shape)
+    m.check_format(full_check=True)  # a damaged file must fail here, not as a wrong score later
+    return m
 
 
 @dataclass
@@ -208,10 +221,15 @@ class Recommender:
             self.items.to_parquet(tmp / "items.parquet", index=False)
             old = None
             if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-            tmp.rename(directory)
+                # two renames, never a copy: the good model stays whole until the new one is complete
+                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+                directory.replace(old)
+            try:
+                tmp.rename(directory)
+            except BaseException:
+                if old is not None:
+                    old.replace(directory)
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:
@@ -221,24 +239,99 @@ class Recommender:
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
+        """Load a model directory strictly; any damage raises :class:`ModelLoadError` naming the file."""
         directory = Path(directory)
-        if not (directory / "model.safetensors").exists():
-            raise FileNotFoundError(f"{directory}: not a Sora model directory (no model.safetensors)")
-        config = SoraConfig.load(directory / "config.json")
-        meta = json.loads((directory / "meta.json").read_text())
-        t = load_file(str(directory / "model.safetensors"))
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: model directory does not exist")
+        missing = [f for f in MODEL_FILES if not (directory / f).is_file()]
+        if missing:
+            raise ModelLoadError(f"{directory}: not a complete Sora model directory: missing {', '.join(missing)} "
+                                 f"(a model directory holds {', '.join(MODEL_FILES)})")
+        try:
+            config = SoraConfig.load(directory / "config.json")  # ConfigError messages start with the path
+        except ConfigError as exc:
+            raise ModelLoadError(f"{exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{directory / 'config.json'}: cannot read ({exc})") from exc
+        meta = _read_meta(directory / "meta.json")
+        path = directory / "model.safetensors"
+        try:
+            t = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for truncated files
+            raise ModelLoadError(f"{path}: cannot read the weights, the file is truncated or not safetensors "
+                                 f"({type(exc).__name__}: {exc})") from exc
         nu, ni = len(meta["user_ids"]), len(meta["item_ids"])
-        model = SoraModel(config.model, nu, ni, int(meta.get("text_dim", 0)), torch.ones(ni))
-        model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=False)
-        items = pd.read_parquet(directory / "items.parquet")
-        ii = None
-        if "ii.dense" in t:
-            ii = t["ii.dense"].numpy()
-        elif meta.get("has_ii"):
-            ii = _csr_from(t, "ii", (ni, ni))
+        try:
+            model = SoraModel(config.model, nu, ni, int(meta.get("text_dim", 0)), torch.ones(ni))
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(f"{directory}: config.json and meta.json do not describe a model: {exc}") from exc
+        _check_tensors(path, t, model, config, meta)
+        # the graph encoder only runs during training; older saves may still hold its (unused) tensors
+        model.load_state_dict({k[6:]: v for k, v in t.items()
+                               if k.startswith("model.") and not k.startswith("model.graph_encoder.")}, strict=True)
+        try:
+            items = pd.read_parquet(directory / "items.parquet")
+        except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged file
+            raise ModelLoadError(f"{directory / 'items.parquet'}: cannot read ({type(exc).__name__}: {exc})") from exc
+        if "item_id" not in items.columns or len(items) != ni:
+            raise ModelLoadError(f"{directory / 'items.parquet'}: expected {ni} rows with an item_id column "
+                                 f"(from meta.json), found {len(items)} rows, columns {list(items.columns)}")
+        try:
+            ii = None
+            if "ii.dense" in t:
+                ii = t["ii.dense"].numpy()
+            elif meta.get("has_ii"):
+                ii = _csr_from(t, "ii", (ni, ni))
+            train, seen = _csr_from(t, "train", (nu, ni)), _csr_from(t, "seen", (nu, ni))
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ModelLoadError(f"{path}: interaction or item–item tensors are inconsistent ({exc})") from exc
         fields = {k: v for k, v in meta.items() if k not in ("user_ids", "item_ids", "alpha", "has_ii")}
         return cls(config=config, model=model, user_ids=meta["user_ids"], item_ids=meta["item_ids"], items=items,
                    user_vectors=t["user_vectors"], item_vectors=t["item_vectors"], item_tokens=t["item_tokens"],
                    history=t["history"], history_mask=t["history_mask"].bool(),
-                   train=_csr_from(t, "train", (nu, ni)), seen=_csr_from(t, "seen", (nu, ni)), ii=ii,
-                   alpha=float(meta["alpha"]), meta=fields)
+                   train=train, seen=seen, ii=ii, alpha=float(meta["alpha"]), meta=fields)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    for key in ("user_ids", "item_ids"):
+        if not isinstance(meta.get(key), list) or not meta[key]:
+            raise ModelLoadError(f"{path}: {key!r} must be a non-empty list of ids")
+    if not isinstance(meta.get("alpha"), (int, float)) or isinstance(meta.get("alpha"), bool):
+        raise ModelLoadError(f"{path}: 'alpha' must be a number, got {meta.get('alpha')!r}")
+    return meta
+
+
+def _names(keys: set[str] | list[str], limit: int = 12) -> str:
+    keys = sorted(keys) if isinstance(keys, set) else keys  # lists keep the state-dict order
+    more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _check_tensors(path: Path, t: dict[str, torch.Tensor], model: SoraModel, config: SoraConfig,
+                   meta: dict[str, Any]) -> None:
+    """Every tensor the config and meta.json call for, with the right shape, and nothing else."""
+    nu, ni, dim, hl = len(meta["user_ids"]), len(meta["item_ids"]), config.model.dim, config.model.history_len
+    expected: dict[str, tuple[int, ...] | None] = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    expected.update({"user_vectors": (nu, dim), "item_vectors": (ni, dim), "item_tokens": (ni, dim),
+                     "history": (nu, hl), "history_mask": (nu, hl),
+                     "train.indptr": (nu + 1,), "train.indices": None, "seen.indptr": (nu + 1,), "seen.indices": None})
+    if "ii.dense" in t:
+        expected["ii.dense"] = (ni, ni)
+    elif meta.get("has_ii"):
+        expected.update({"ii.indptr": (ni + 1,), "ii.indices": None, "ii.values": None})
+    present = {k for k in t if not k.startswith("model.graph_encoder.")}
+    missing, unexpected = set(expected) - present, present - set(expected)
+    if missing or unexpected:
+        parts = [f"missing {_names(missing)}" if missing else "", f"unexpected {_names(unexpected)}" if unexpected else ""]
+        raise ModelLoadError(f"{path}: tensors do not match config.json/meta.json: " + "; ".join(p for p in parts if p))
+    wrong = [f"{k} {tuple(t[k].shape)} (expected {shape})" for k, shape in expected.items()
+             if shape is not None and tuple(t[k].shape) != shape]
+    if wrong:
+        raise ModelLoadError(f"{path}: tensor shapes do not match config.json/meta.json "
+                             f"({nu} users, {ni} items, model.dim={dim}): {_names(wrong, 6)}")

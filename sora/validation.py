@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,15 @@ from typing import Any
 import pandas as pd
 
 from sora.config import DataConfig, ValidationConfig
-from sora.data import TABLES, DataError, find_table, item_texts, read_table, timestamps_to_seconds
+from sora.data import (
+    TABLES,
+    DataError,
+    find_table,
+    item_texts,
+    read_table,
+    timestamps_to_seconds,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +71,8 @@ class ValidationReport:
     created_at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The JSON summary (DESIGN.md §10); strict JSON: non-finite numbers become strings."""
+        return finite_json({
             "passed": self.passed,
             "data_dir": self.data_dir,
             "tables": {
@@ -74,7 +84,7 @@ class ValidationReport:
                 }
                 for name, t in self.tables.items()
             },
-        }
+        })
 
     def failure_lines(self) -> list[str]:
         return [f.describe(name) for name, t in self.tables.items() for f in t.failures]
@@ -88,16 +98,23 @@ class ValidationReport:
 
     def write(self, json_path: str | Path | None = None, html_path: str | Path | None = None) -> None:
         if json_path:
-            _write_atomic(Path(json_path), json.dumps(self.to_json(), indent=2, default=str))
+            write_text_atomic(json_path, json.dumps(self.to_json(), indent=2, default=str, allow_nan=False))
         if html_path:
-            _write_atomic(Path(html_path), render_html(self))
+            write_text_atomic(html_path, render_html(self))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN / ±inf float replaced by ``"nan"`` / ``"inf"`` / ``"-inf"``.
+
+    ``json.dumps`` would otherwise write ``NaN`` / ``Infinity``, which strict JSON readers reject.
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +162,9 @@ def _rules_for(table: str, df: pd.DataFrame, cfg: ValidationConfig, known: dict[
         rules.append(_Rule("timestamp_parseable", "timestamp",
                            E.ExpectColumnValuesToNotBeNull(column="_timestamp_s"),
                            "unix seconds or ISO-8601"))
+        rules.append(_Rule("timestamp_not_negative", "timestamp",
+                           E.ExpectColumnValuesToBeBetween(column="_timestamp_s", min_value=0),
+                           "timestamps before 1970 (negative unix seconds) are not plausible"))
         rules.append(_Rule("timestamp_not_future", "timestamp",
                            E.ExpectColumnValuesToBeBetween(column="_timestamp_s", max_value=now + cfg.future_tolerance_s),
                            "timestamps may not lie in the future"))
@@ -169,11 +189,14 @@ def _rules_for(table: str, df: pd.DataFrame, cfg: ValidationConfig, known: dict[
                                E.ExpectColumnValuesToBeInSet(column="user_id", value_set=sorted(known["users"]),
                                                              mostly=1 - cfg.max_unknown_user_ratio),
                                f"user ids must appear in users (at most {cfg.max_unknown_user_ratio:.1%} unknown)"))
-    if table == "user_edges" and "users" in known:
+    if table == "user_edges" and ("users" in known or "interaction_users" in known):
+        # without a users table, the users are those that interact
+        users, where = ((known["users"], "users") if "users" in known else (known["interaction_users"], "interactions"))
         for col in ("src_user_id", "dst_user_id"):
             rules.append(_Rule("known_user", col,
-                               E.ExpectColumnValuesToBeInSet(column=col, value_set=sorted(known["users"]),
-                                                             mostly=1 - cfg.max_unknown_user_ratio)))
+                               E.ExpectColumnValuesToBeInSet(column=col, value_set=sorted(users),
+                                                             mostly=1 - cfg.max_unknown_user_ratio),
+                               f"user ids must appear in {where} (at most {cfg.max_unknown_user_ratio:.1%} unknown)"))
     return rules
 
 
@@ -248,7 +271,11 @@ def validate_dataset_dir(directory: str | Path, cfg: ValidationConfig | None = N
     tables: dict[str, TableReport] = {}
     frames: dict[str, pd.DataFrame] = {}
     for name, (required, must_exist) in TABLES.items():
-        path = find_table(directory, name)
+        try:
+            path = find_table(directory, name)
+        except DataError as exc:  # both <name>.csv and <name>.parquet
+            tables[name] = TableReport(exc.path, 0, [Failure("single_file", None, 2, detail=str(exc))])
+            continue
         if path is None:
             if must_exist:
                 tables[name] = TableReport(None, 0, [Failure("table_present", None, 1, detail=(
@@ -272,6 +299,8 @@ def validate_dataset_dir(directory: str | Path, cfg: ValidationConfig | None = N
         known["items"] = set(frames["items"]["item_id"].dropna())
     if "users" in frames:
         known["users"] = set(frames["users"]["user_id"].dropna())
+    if "interactions" in frames:
+        known["interaction_users"] = set(frames["interactions"]["user_id"].dropna())
     for name, df in frames.items():
         rules = _rules_for(name, df, cfg, known, now)
         tables[name].checked = [r.name + (f"({r.column})" if r.column else "") for r in rules]

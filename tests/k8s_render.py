@@ -119,3 +119,43 @@ def render_python(directory: Path) -> list[dict]:
                     s.setdefault("namespace", kust["namespace"])
                     s["namespace"] = kust["namespace"]
     return docs
+
+
+OVERLAYS_DIR = Path(__file__).resolve().parents[1] / "k8s" / "overlays"
+
+
+def _mlflow_container(overlay: str | Path) -> dict:
+    path = Path(overlay)
+    docs = render(path if path.is_dir() else OVERLAYS_DIR / str(overlay))
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sora-mlflow")
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "mlflow")
+
+
+def mlflow_server_command(overlay: str) -> tuple[list[str], dict[str, str]]:
+    """The rendered MLflow container's command + args, and its env values written literally in the manifest.
+
+    ``overlay`` is an overlay name (``dev``, ``prod``) or directory. Left out of the env: values from
+    Secrets and values composed from other variables (``$(VAR)``, e.g. ``MLFLOW_BACKEND_STORE_URI``);
+    :func:`mlflow_server_secret_env` names them, and a local run supplies its own (backend store,
+    ``MLFLOW_AUTH_CONFIG_PATH`` pointing at a local ini, admin account, Flask secret key, artifact root).
+    """
+    c = _mlflow_container(overlay)
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e and "$(" not in e["value"]}
+    return list(c.get("command", [])) + list(c.get("args", [])), env
+
+
+def mlflow_server_secret_env(overlay: str) -> dict[str, str]:
+    """Env of the rendered MLflow container that k8s fills from Secrets or composes: name → where from
+    (``secret/KEY``, ``secret/*`` for a whole-Secret ``envFrom``, or the ``$(VAR)`` template)."""
+    c = _mlflow_container(overlay)
+    out: dict[str, str] = {}
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            out[e["name"]] = f"{ref['name']}/{ref['key']}"
+        elif "$(" in e.get("value", ""):
+            out[e["name"]] = e["value"]
+    for src in c.get("envFrom", []):
+        if "secretRef" in src:
+            out[f"{src['secretRef']['name']}/*"] = f"{src['secretRef']['name']}/*"
+    return out

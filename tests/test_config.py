@@ -39,3 +39,135 @@ def test_yaml_round_trip(tmp_path):
     assert again.to_dict() == cfg.to_dict()
     cfg.save(tmp_path / "c.json")
     assert SoraConfig.load(tmp_path / "c.json").to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("bad,key", [
+    ("split.ratios=[0.8,0.2]", "split.ratios"),
+    ("split.ratios=[0.5,0.2,0.2]", "split.ratios"),
+    ("split.ratios=[1.0,0.0,0.0]", "split.ratios"),
+    ("train.max_epochs=-3", "train.max_epochs"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("train.max_epochs=true", "train.max_epochs"),
+    ("train.lr=yes", "train.lr"),
+    ("train.lr=.nan", "train.lr"),
+    ("train.max_epochs=2.5", "train.max_epochs"),
+    ("split.mode=sideways", "split.mode"),
+    ("train.loss=hinge", "train.loss"),
+    ("train.device=gpu", "train.device"),
+    ("graph.user_edges=all", "graph.user_edges"),
+    ("graph.item_edges=text,magic", "graph.item_edges"),
+    ("graph.item_edges=", "graph.item_edges"),
+    ("model.dropout=1.5", "model.dropout"),
+    ("train.edge_dropout=-0.1", "train.edge_dropout"),
+    ("validation.max_duplicate_ratio=2", "validation.max_duplicate_ratio"),
+    ("model.dim=0", "model.dim"),
+    ("model.dim=15", "model.dim"),
+    ("eval.ks=0", "eval.ks"),
+    ("eval.ks=[]", "eval.ks"),
+    ("serve.port=70000", "serve.port"),
+    ("serve.max_k=0", "serve.max_k"),
+    ("serve.poll_interval_s=-1", "serve.poll_interval_s"),
+    ("registry.model_name=", "registry.model_name"),
+    ("registry.challenger_alias=champion", "registry.challenger_alias"),
+    ("validation.rating_min=9", "validation.rating_min"),
+    ("data.item_text_template={title", "data.item_text_template"),
+    ("drift.rating_js_warn=0.5", "drift.rating_js_warn"),
+    ("text.model=[1, 2]", "text.model"),
+])
+def test_invalid_values_name_the_key(bad, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        SoraConfig().with_overrides([bad])
+
+
+def test_scalar_for_a_list_key_is_a_one_element_list():
+    assert SoraConfig().with_overrides(["eval.ks=10"]).eval.ks == (10,)
+    assert SoraConfig().with_overrides(["eval.ks=[5, 20]"]).eval.ks == (5, 20)
+
+
+def test_strings_with_fixed_values_accept_every_documented_value():
+    for mode in ("random", "temporal", "cold-item", "leave-last-out"):
+        assert SoraConfig().with_overrides([f"split.mode={mode}"]).split.mode == mode
+    cfg = SoraConfig().with_overrides(["train.loss=bpr", "train.device=cpu", "graph.user_edges=knn",
+                                       "graph.item_edges=text,cooccur", "split.rating_threshold=4",
+                                       "data.item_text_template={title}. {text}"])
+    assert cfg.graph.item_edges == "text,cooccur" and cfg.split.rating_threshold == 4.0
+    assert cfg.data.item_text_template == "{title}. {text}"
+    assert SoraConfig().with_overrides(["graph.item_edges=none"]).graph.item_edges == "none"
+
+
+def test_from_dict_and_load_validate(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.max_epochs"):
+        SoraConfig.from_dict({"train": {"max_epochs": 0}})
+    with pytest.raises(ConfigError, match="section"):
+        SoraConfig.from_dict({"train": 3})
+    with pytest.raises(ConfigError, match="mapping"):
+        SoraConfig.from_dict([1, 2])
+    path = tmp_path / "bad.yaml"
+    path.write_text("split:\n  ratios: [0.8, 0.2]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "bad.yaml" in str(err.value) and "split.ratios" in str(err.value)
+    path.write_text("split: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(path)
+
+
+def test_validate_catches_values_set_in_code():
+    cfg = SoraConfig()
+    cfg.train.batch_size = 0
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        cfg.validate()
+    cfg = SoraConfig()
+    cfg.model.use_text = 1  # not a bool
+    with pytest.raises(ConfigError, match=r"model\.use_text"):
+        cfg.validate()
+    assert SoraConfig().validate() == SoraConfig()
+
+
+@pytest.mark.parametrize("old,check", [
+    ("model.use_item_edges=false", lambda c: c.graph.item_edges == "none"),
+    ("model.use_user_edges=false", lambda c: c.graph.user_edges == "none"),
+    ("model.use_item_edges=true", lambda c: c.graph.item_edges == SoraConfig().graph.item_edges),
+    ("eval.ease_lambda=50", lambda c: c.graph.ease_lambda == 50.0),
+])
+def test_deprecated_keys_set_the_canonical_one_with_a_warning(old, check, caplog):
+    with pytest.warns(DeprecationWarning, match=old.split("=")[0].replace(".", r"\.")):
+        cfg = SoraConfig().with_overrides([old])
+    assert check(cfg)
+    assert "deprecated" in caplog.text
+    keys = {f"{s}.{k}" for s, sec in cfg.to_dict().items() for k in sec}
+    assert not keys & {"model.use_item_edges", "model.use_user_edges", "eval.ease_lambda"}  # one key per concept
+    assert cfg.model.use_item_edges and cfg.model.use_user_edges  # still readable by old code
+
+
+def test_old_config_files_still_load():
+    old = SoraConfig().to_dict()
+    old["model"].update(use_item_edges=False, use_user_edges=True)
+    old["eval"]["ease_lambda"] = 300.0
+    with pytest.warns(DeprecationWarning):
+        cfg = SoraConfig.from_dict(old)
+    assert cfg.graph.item_edges == "none" and cfg.graph.user_edges == "given"
+    old["eval"]["ease_lambda"], old["graph"]["ease_lambda"] = 10.0, 20.0  # both spellings: the canonical wins
+    with pytest.warns(DeprecationWarning, match="ignored"):
+        assert SoraConfig.from_dict(old).graph.ease_lambda == 20.0
+
+
+def test_every_default_section_is_typed_and_valid():
+    cfg = SoraConfig()
+    assert cfg.drift.item_popularity_js_warn <= cfg.drift.item_popularity_js_fail
+    assert SoraConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+def test_every_number_has_a_range():
+    """A new numeric key needs an entry in config._LIMITS, so nonsense values fail on load, not mid-run."""
+    import dataclasses
+    from typing import get_type_hints
+
+    from sora.config import _LIMITS
+
+    unbounded = {"validation.rating_min", "validation.rating_max", "split.rating_threshold"}  # any rating scale
+    cfg = SoraConfig()
+    missing = [f"{sec.name}.{name}" for sec in dataclasses.fields(cfg)
+               for name, hint in get_type_hints(type(getattr(cfg, sec.name))).items()
+               if ("int" in str(hint) or "float" in str(hint)) and f"{sec.name}.{name}" not in _LIMITS | dict.fromkeys(unbounded)]
+    assert not missing, f"add a range to sora.config._LIMITS for {missing}"

@@ -47,3 +47,18 @@ def test_timestamps_unix_and_iso():
     s = timestamps_to_seconds(pd.Series(["2020-01-01T00:00:00Z", "bad", None]))
     assert s.iloc[0] == 1577836800.0 and pd.isna(s.iloc[1])
     assert timestamps_to_seconds(pd.Series([5, 6])).tolist() == [5.0, 6.0]
+
+
+def test_csv_and_parquet_of_one_table_is_an_error_naming_both(tmp_path, tiny_dataset):
+    tiny_dataset.save(tmp_path, fmt="csv")
+    tiny_dataset.items.to_parquet(tmp_path / "items.parquet", index=False)
+    with pytest.raises(DataError, match=r"items\.parquet and items\.csv"):
+        load_dataset(tmp_path)
+
+
+def test_write_text_atomic_replaces_whole_files(tmp_path):
+    from sora.data import write_text_atomic
+
+    target = write_text_atomic(tmp_path / "sub" / "r.json", "one")
+    write_text_atomic(target, "two")
+    assert target.read_text() == "two" and [p.name for p in target.parent.iterdir()] == ["r.json"]

@@ -112,3 +112,56 @@ def test_movielens_100k_passes(ml100k_dir):
     report = validate_dataset_dir(ml100k_dir)
     assert report.passed, report.summary()
     assert report.tables["interactions"].rows == 100_000
+
+
+def test_negative_timestamps_are_caught(tiny_dir):
+    report = _broken(tiny_dir, lambda d: d.assign(timestamp=d["timestamp"].where(d.index != 6, "-5")))
+    failures = {f.rule: f for f in report.tables["interactions"].failures}
+    assert not report.passed and "timestamp_not_negative" in failures
+    assert [e["row"] for e in failures["timestamp_not_negative"].examples] == [6]
+
+
+def test_csv_and_parquet_of_one_table_is_an_error_naming_both(tiny_dir, tiny_dataset):
+    tiny_dataset.interactions.to_parquet(tiny_dir / "interactions.parquet", index=False)
+    report = validate_dataset_dir(tiny_dir)
+    assert not report.passed and _rules(report) == {"single_file"}
+    detail = report.tables["interactions"].failures[0].detail
+    assert "interactions.csv" in detail and "interactions.parquet" in detail
+
+
+@pytest.mark.parametrize("with_users", [False, True])
+def test_user_edges_naming_unknown_users_fail_with_or_without_users_table(tmp_path, with_users):
+    from tests.conftest import make_dataset
+
+    ds = make_dataset(with_users=with_users, with_user_edges=True)
+    ds.save(tmp_path)
+    assert validate_dataset_dir(tmp_path).passed
+    ds.user_edges = pd.concat([ds.user_edges, pd.DataFrame({"src_user_id": ["u1"], "dst_user_id": ["ghost"]})],
+                              ignore_index=True)
+    ds.save(tmp_path)
+    report = validate_dataset_dir(tmp_path)
+    failures = report.tables["user_edges"].failures
+    assert not report.passed and [(f.rule, f.column, f.count) for f in failures] == [("known_user", "dst_user_id", 1)]
+    assert failures[0].examples[0]["dst_user_id"] == "ghost"
+
+
+def test_json_summary_is_strict_json_even_with_infinite_values(tmp_path):
+    from tests.conftest import make_dataset
+
+    ds = make_dataset()
+    ds.interactions["rating"] = ds.interactions["rating"].astype(float)
+    ds.interactions.loc[3, "rating"] = float("inf")
+    ds.interactions.loc[4, "rating"] = float("-inf")
+    ds.save(tmp_path / "d")  # parquet keeps the float infinities
+    report = validate_dataset_dir(tmp_path / "d")
+    assert "rating_in_range" in _rules(report)
+    report.write(tmp_path / "v.json")
+    text = (tmp_path / "v.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+
+    def no_constants(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    summary = json.loads(text, parse_constant=no_constants)
+    examples = summary["tables"]["interactions"]["failures"][0]["examples"]
+    assert {e["rating"] for e in examples} == {"inf", "-inf"}
