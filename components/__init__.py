@@ -57,8 +57,29 @@ def validate(data_uri: str, config: Input[Artifact], report: Output[HTML], summa
 
 @component
 def fail(message: str):
-    """Ends the run as failed, with every failed expectation in the message."""
-    raise RuntimeError(f"data validation failed; nothing was trained or registered.\n{message}")
+    """Ends the run as failed, with the reason (failed expectations, or the drift gate) in the message."""
+    raise RuntimeError(f"{message}\nnothing was trained or registered.")
+
+
+@component
+def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str, config: Input[Artifact],
+          report: Output[HTML], metrics: Output[Metrics]) -> str:
+    """The drift gate: new data vs the champion's training data (``reference_uri``, else the data source
+    recorded with the champion). Returns pass, warn, fail or skipped (no champion yet)."""
+    from sora import stages
+    from sora.registry import alias_data_source
+
+    reference = reference_uri or alias_data_source(tracking_uri, model_name)
+    if not reference:
+        with open(report.path, "w") as f:
+            f.write("<html><body><p>No champion yet: nothing to compare the data with.</p></body></html>")
+        return "skipped"
+    result = stages.drift(reference, data_uri, stages.load_resolved(config.path), report.path)
+    for key, value in result.metrics.items():
+        if isinstance(value, (int, float)) and value == value:
+            metrics.log_metric(f"drift_{key}", float(value))
+    print(result.summary())
+    return result.status
 
 
 @component

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sora_components as c
-from sora_components import TRAINER_IMAGE  # noqa: F401 - re-exported for `sora pipeline submit --distributed`
+from sora_pipelines import trainjob
 from kfp import dsl
+from sora_components import TRAINER_IMAGE  # noqa: F401 - re-exported for `sora pipeline submit --distributed`
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,8 @@ class ClusterSettings:
         "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
         "MLFLOW_S3_ENDPOINT_URL")})
-    gpu_node_selector: dict = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
-    gpu_tolerations: list = field(default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                                           "effect": "NoSchedule"}])
+    gpu_node_selector: dict = field(default_factory=lambda: dict(trainjob.GPU_NODE_SELECTOR))
+    gpu_tolerations: list = field(default_factory=lambda: [dict(t) for t in trainjob.GPU_TOLERATIONS])
     use_secret: bool = True
     #: Kubernetes-only task settings (GPU request from the ``gpu_count`` parameter, node selector,
     #: tolerations, Secrets). kfp.local cannot resolve a parameter inside a resource request, and
@@ -70,11 +70,45 @@ def build_pipeline(settings: ClusterSettings | None = None):
             kubernetes.add_toleration(task, **tol)
         return task
 
+    def _train_and_promote(data_uri, validated, config, uri, model_name, promotion_margin, gpu_count,
+                           embedding_cache, run_baselines):
+        """prepare → embed → train → evaluate → register → compare → (promote), inside the gates."""
+        prepared = with_secret(c.prepare(data_uri=data_uri, data_fingerprint=validated.outputs["fingerprint"],
+                                         config=config))
+        split = prepared.outputs["split"]
+        embedded = with_secret(c.embed(cache_uri=embedding_cache, config=config, split=split))
+        embeddings = embedded.outputs["embeddings"]
+        if settings.kubernetes:
+            with dsl.If(gpu_count > 0, name="on-gpu"):
+                gpu = on_gpu(with_secret(c.train(config=config, split=split, embeddings=embeddings)), gpu_count)
+                gpu.set_cpu_request("2").set_memory_request("8G")
+            with dsl.Else(name="on-cpu"):
+                cpu = with_secret(c.train(config=config, split=split, embeddings=embeddings))
+                cpu.set_cpu_request("2").set_memory_request("8G")
+            model = dsl.OneOf(gpu.outputs["model"], cpu.outputs["model"])
+            curves = dsl.OneOf(gpu.outputs["curves"], cpu.outputs["curves"])
+        else:
+            trained = c.train(config=config, split=split, embeddings=embeddings)
+            model, curves = trained.outputs["model"], trained.outputs["curves"]
+        evaluated = with_secret(c.evaluate(run_baselines=run_baselines, model=model, split=split,
+                                           embeddings=embeddings))
+        registered = with_secret(c.register(
+            tracking_uri=uri, model_name=model_name, model=model, split=split,
+            report=evaluated.outputs["report"], validation_report=validated.outputs["report"], curves=curves))
+        registered.set_caching_options(False)  # cheap, and deduplicated by the model's content hash
+        compared = with_secret(c.compare(
+            tracking_uri=uri, model_name=model_name, version=registered.output, promotion_margin=promotion_margin,
+            model=model, split=split, report=evaluated.outputs["report"]))
+        compared.set_caching_options(False)
+        with dsl.If(compared.outputs["Output"] == True, name="challenger-wins"):  # noqa: E712
+            promoted = with_secret(c.promote(tracking_uri=uri, model_name=model_name, version=registered.output))
+            promoted.set_caching_options(False)
+
     @dsl.pipeline(name=PIPELINE_NAME, description="Validate, embed, train, evaluate, register and (if better) "
                   "promote the Sora graph + text recommender.")
     def sora_training(data_uri: str, config_overrides: str = "", tracking_uri: str = "",
                       model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
-                      embedding_cache: str = "", run_baselines: bool = True):
+                      embedding_cache: str = "", run_baselines: bool = True, reference_data_uri: str = ""):
         configured = with_secret(c.configure(config_overrides=config_overrides, tracking_uri=tracking_uri))
         configured.set_caching_options(False)  # the registry is checked on every run
         config = configured.outputs["config"]
@@ -82,36 +116,14 @@ def build_pipeline(settings: ClusterSettings | None = None):
         validated = with_secret(c.validate(data_uri=data_uri, config=config))
         validated.set_caching_options(False)  # data may change under the same URI
         with dsl.If(validated.outputs["passed"] == True, name="data-valid"):  # noqa: E712 - kfp condition
-            prepared = with_secret(c.prepare(data_uri=data_uri, data_fingerprint=validated.outputs["fingerprint"],
-                                             config=config))
-            split = prepared.outputs["split"]
-            embedded = with_secret(c.embed(cache_uri=embedding_cache, config=config, split=split))
-            embeddings = embedded.outputs["embeddings"]
-            if settings.kubernetes:
-                with dsl.If(gpu_count > 0, name="on-gpu"):
-                    gpu = on_gpu(with_secret(c.train(config=config, split=split, embeddings=embeddings)), gpu_count)
-                    gpu.set_cpu_request("2").set_memory_request("8G")
-                with dsl.Else(name="on-cpu"):
-                    cpu = with_secret(c.train(config=config, split=split, embeddings=embeddings))
-                    cpu.set_cpu_request("2").set_memory_request("8G")
-                model = dsl.OneOf(gpu.outputs["model"], cpu.outputs["model"])
-                curves = dsl.OneOf(gpu.outputs["curves"], cpu.outputs["curves"])
-            else:
-                trained = c.train(config=config, split=split, embeddings=embeddings)
-                model, curves = trained.outputs["model"], trained.outputs["curves"]
-            evaluated = with_secret(c.evaluate(run_baselines=run_baselines, model=model, split=split,
-                                               embeddings=embeddings))
-            registered = with_secret(c.register(
-                tracking_uri=uri, model_name=model_name, model=model, split=split,
-                report=evaluated.outputs["report"], validation_report=validated.outputs["report"], curves=curves))
-            registered.set_caching_options(False)  # cheap, and deduplicated by the model's content hash
-            compared = with_secret(c.compare(
-                tracking_uri=uri, model_name=model_name, version=registered.output, promotion_margin=promotion_margin,
-                model=model, split=split, report=evaluated.outputs["report"]))
-            compared.set_caching_options(False)
-            with dsl.If(compared.outputs["Output"] == True, name="challenger-wins"):  # noqa: E712
-                promoted = with_secret(c.promote(tracking_uri=uri, model_name=model_name, version=registered.output))
-                promoted.set_caching_options(False)
+            drifted = with_secret(c.drift(data_uri=data_uri, reference_uri=reference_data_uri, tracking_uri=uri,
+                                          model_name=model_name, config=config))
+            drifted.set_caching_options(False)
+            with dsl.If(drifted.outputs["Output"] != "fail", name="no-drift-failure"):
+                _train_and_promote(data_uri, validated, config, uri, model_name, promotion_margin, gpu_count,
+                                   embedding_cache, run_baselines)
+            with dsl.Else(name="drift-failure"):
+                c.fail(message="data drift gate failed (see the drift report)").set_caching_options(False)
         with dsl.Else(name="data-invalid"):
             c.fail(message=validated.outputs["message"]).set_caching_options(False)
 

@@ -1,6 +1,6 @@
 """The stage API: one function per pipeline stage, over saved artifacts addressed by URI (DESIGN.md §6, §10).
 
-    configure → validate → prepare → embed → train → evaluate → register → compare → promote
+    configure → validate → drift → prepare → embed → train → evaluate → register → compare → promote
 
 Each stage reads the previous stages' artifacts and writes its own; nothing after ``prepare`` reads
 the raw data again or rebuilds the split, and ``--set`` overrides are parsed once, by ``configure``,
@@ -89,6 +89,29 @@ def validate(data_uri: str, cfg: SoraConfig, report_html: str | None = None,
             except DataError as exc:  # validation passed, so this would be a reader bug: fail loudly
                 return Validated(False, str(exc), "")
     return Validated(report.passed, report.summary(), fingerprint)
+
+
+# ------------------------------------------------------------------------------------------ drift
+
+def drift(reference_uri: str, data_uri: str, cfg: SoraConfig, report_html: str | None = None,
+          summary_json: str | None = None):
+    """The drift report of ``data_uri`` against ``reference_uri`` (the champion's training data)."""
+    import tempfile
+
+    from sora.data import load_dataset
+    from sora.drift import drift_report
+
+    with storage.local_dir(reference_uri) as ref_dir:
+        reference = load_dataset(ref_dir)
+    with storage.local_dir(data_uri) as data_dir:
+        current = load_dataset(data_dir)
+    report = drift_report(reference, current, cfg.drift)
+    with tempfile.TemporaryDirectory(prefix="sora-drift-") as tmp:
+        report.write(Path(tmp) / "drift.json", Path(tmp) / "drift.html")
+        for src, dst in (("drift.json", summary_json), ("drift.html", report_html)):
+            if dst:
+                storage.write_bytes(dst, (Path(tmp) / src).read_bytes())
+    return report
 
 
 # ------------------------------------------------------------------------------------------ prepare

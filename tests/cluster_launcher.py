@@ -21,8 +21,8 @@ def _artifact_class(annotation):
 
 def main(spec_path: str) -> int:
     import fsspec
-
     import sora_components
+
     from sora import storage
 
     spec = json.loads(Path(spec_path).read_text())

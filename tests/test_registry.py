@@ -7,15 +7,14 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 
 from sora import registry
+from sora.config import SoraConfig
+from sora.evaluate import evaluate_model
 from sora.promotion import decide
 from sora.recommender import Recommender
 from sora.stages import model_hash
-from sora.config import SoraConfig
-from sora.evaluate import evaluate_model
 from sora.text import HashEncoder
 from sora.train import prepare, train_model
 from tests.conftest import free_port, make_dataset

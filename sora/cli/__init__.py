@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     from sora.config import ConfigError
     from sora.data import DataError
+    from sora.recommender import ModelLoadError
     from sora.registry import RegistryError
     from sora.storage import StorageError
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         message, code = f"config error: {_one_line(exc)}", EXIT_USAGE
     except DataError as exc:
         message, code = f"data error: {_one_line(exc)}", EXIT_FAIL
-    except (RegistryError, StorageError) as exc:
+    except (RegistryError, StorageError, ModelLoadError) as exc:  # an outage or a damaged artifact: exit 1
         message, code = f"error: {_one_line(exc)}", EXIT_FAIL
     except KeyError as exc:  # unknown user / item ids
         message, code = f"error: {_one_line(exc)}", EXIT_USAGE

@@ -103,9 +103,13 @@ def _submit_trainjob(args) -> int:
     from sora_pipelines import TRAINER_IMAGE
 
     name = f"sora-train-{time.strftime('%Y%m%d-%H%M%S')}"
+    from sora_pipelines import trainjob
+
+    # empty = the pod reads MLFLOW_TRACKING_URI from the Secret (a local default would die with the pod)
     manifest = render_trainjob(run_name=name, data_uri=args.data, model_uri=args.model_out,
-                               tracking_uri=tracking_uri(args), image=TRAINER_IMAGE, gpu_count=args.gpus,
-                               num_nodes=args.nodes, namespace=args.namespace)
+                               tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
+                               image=TRAINER_IMAGE, gpu_count=args.gpus, num_nodes=args.nodes,
+                               namespace=args.namespace, promotion_margin=args.margin)
     if args.dry_run:
         print(yaml.safe_dump(manifest, sort_keys=False), end="")
         return EXIT_OK
@@ -114,7 +118,7 @@ def _submit_trainjob(args) -> int:
     config.load_config()
     group, version = manifest["apiVersion"].split("/")
     client.CustomObjectsApi().create_namespaced_custom_object(group, version, args.namespace or "default",
-                                                              "trainjobs", manifest)
+                                                              trainjob.PLURAL, manifest)
     print(f"created TrainJob {name} in {args.namespace or 'default'}")
     return EXIT_OK
 

@@ -41,7 +41,6 @@ def cmd_rollback(args) -> int:
 def cmd_register(args) -> int:
     """Evaluate a trained model on its data, register it as challenger and (optionally) gate and promote it."""
     from sora import stages
-
     from sora.registry import check_reachable
 
     if not (args.data or args.prepared):

@@ -298,6 +298,15 @@ def load_version(tracking_uri: str, model_uri: str) -> Recommender:
         return Recommender.load(candidates[0].parent)
 
 
+def alias_data_source(tracking_uri: str, model_name: str, alias: str = "champion") -> str | None:
+    """The data URI the version behind ``alias`` was trained on (its run's ``sora.data_source`` tag)."""
+    client = _client(tracking_uri)
+    mv = _version_by_alias(client, model_name, alias)
+    if mv is None or not mv.run_id:
+        return None
+    return client.get_run(mv.run_id).data.tags.get("sora.data_source") or None
+
+
 def aligned_scores(rec: Recommender, split: Split):
     """A score function over ``split``'s user/item indices for a model with its own id maps.
 

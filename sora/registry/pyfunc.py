@@ -74,9 +74,9 @@ def inference_requirements() -> list[str]:
 
 def log_pyfunc(rec, model_dir: str | Path, registered_model_name: str):
     """Log the pyfunc (with its code and inference requirements) in the active run and register it."""
-    import sora
-
     from mlflow.models import infer_signature
+
+    import sora
 
     example = pd.DataFrame({"user_id": list(rec.user_ids[:2])})
     signature = infer_signature(example, recommend_frame(rec, example), params=dict(DEFAULT_PARAMS))
