@@ -27,20 +27,23 @@ trainer_component = dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=
 
 
 @component
-def configure(config_overrides: str, tracking_uri: str, config: Output[Artifact]) -> str:
-    """Resolve the config once (defaults + overrides, validated) and check the registry is usable.
+def configure(config_overrides: str, config: Output[Artifact]):
+    """Resolve the config once (defaults + overrides, validated) into the artifact every later step reads."""
+    from sora import stages
 
-    Returns the tracking URI that later steps use: the parameter, else ``MLFLOW_TRACKING_URI``, else the
-    local default. An unreachable registry fails here, before any data is read or any model trained.
-    """
+    stages.configure(None, stages.parse_overrides(config_overrides), config.path)
+
+
+@component
+def connect(tracking_uri: str) -> str:
+    """Check the registry answers, before any data is read or any model trained; returns the tracking URI
+    later steps use: the parameter, else ``MLFLOW_TRACKING_URI`` (from the Secret), else the local default."""
     import os
 
-    from sora import stages
     from sora.registry import check_reachable, resolve_tracking_uri
 
-    cfg = stages.configure(None, stages.parse_overrides(config_overrides), config.path)
-    uri = resolve_tracking_uri(tracking_uri, dict(os.environ), cfg)
-    check_reachable(uri, cfg.registry)
+    uri = resolve_tracking_uri(tracking_uri, dict(os.environ))
+    check_reachable(uri)
     return uri
 
 

@@ -1,6 +1,6 @@
 """The Sora training pipeline (installed as ``sora_pipelines``) and how to compile, run, submit, schedule it.
 
-configure → validate → (passed) prepare → embed → train → evaluate → register → compare → (promote) promote
+connect → configure → validate → drift → (passed) prepare → embed → train → evaluate → register → compare → (promote) promote
                      → (failed) fail
 
 Steps share nothing but typed artifacts, URIs and environment variables (``data_uri`` may be an
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sora_components as c
-from sora_pipelines import trainjob
 from kfp import dsl
 from sora_components import TRAINER_IMAGE  # noqa: F401 - re-exported for `sora pipeline submit --distributed`
+from sora_pipelines import trainjob
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,10 @@ def build_pipeline(settings: ClusterSettings | None = None):
     def sora_training(data_uri: str, config_overrides: str = "", tracking_uri: str = "",
                       model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
                       embedding_cache: str = "", run_baselines: bool = True, reference_data_uri: str = ""):
-        configured = with_secret(c.configure(config_overrides=config_overrides, tracking_uri=tracking_uri))
-        configured.set_caching_options(False)  # the registry is checked on every run
-        config = configured.outputs["config"]
-        uri = configured.outputs["Output"]
+        connected = with_secret(c.connect(tracking_uri=tracking_uri))
+        connected.set_caching_options(False)  # the registry is checked on every run, first
+        uri = connected.output
+        config = c.configure(config_overrides=config_overrides).after(connected).outputs["config"]
         validated = with_secret(c.validate(data_uri=data_uri, config=config))
         validated.set_caching_options(False)  # data may change under the same URI
         with dsl.If(validated.outputs["passed"] == True, name="data-valid"):  # noqa: E712 - kfp condition

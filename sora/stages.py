@@ -261,21 +261,28 @@ def evaluate(model_uri: str, prepared: Prepared, out_json: str | None = None, ba
             else:
                 names = tuple(n for n in names if n != "textknn")  # needs the embeddings artifact
     report = evaluate_model(rec, prepared.split, cfg or rec.config, names, emb)
-    report["model_hash"] = rec.meta.get("content_hash") or model_hash(model_uri)
+    report["model_hash"] = model_hash(model_uri)
     if out_json:
         storage.write_text(out_json, json.dumps(report, indent=2))
     return report
 
 
+#: What identifies a model's behaviour: its weights and fitted vectors, its config and its id maps. The
+#: training log in ``meta.json`` (timings) is left out, so retraining to identical weights is the same model.
+HASHED_FILES = ("model.safetensors", "config.json", "items.parquet")
+
+
 def model_hash(model_uri: str) -> str:
-    """sha256 over the model directory's files (names and contents): identical models, identical hash."""
+    """sha256 over the model's defining files: identical models, identical hash."""
     import hashlib
 
     digest = hashlib.sha256()
     with storage.local_dir(model_uri) as directory:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(directory).as_posix().encode())
-            digest.update(path.read_bytes())
+        for name in HASHED_FILES:
+            path = directory / name
+            if path.exists():
+                digest.update(name.encode())
+                digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

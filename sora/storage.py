@@ -208,9 +208,12 @@ def put_dir(local: Path, uri: str) -> None:
     staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         fs.put(str(local).rstrip("/") + "/", staging + "/", recursive=True)
+        staged = fs.find(staging)
         if fs.exists(path):
             fs.rm(path, recursive=True)
-        fs.mv(staging, path, recursive=True)
+        for key in staged:  # per object: a store's recursive move also tries to copy "directory" keys
+            fs.copy(key, path + key[len(staging):])
+        fs.rm(staging, recursive=True)
     except Exception as exc:  # noqa: BLE001
         with contextlib.suppress(Exception):
             fs.rm(staging, recursive=True)

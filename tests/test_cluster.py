@@ -189,8 +189,9 @@ def test_pipeline_steps_as_pods_end_with_a_served_champion_whose_artifacts_are_i
     overrides = "train.max_epochs=3;model.dim=16;train.batch_size=128;model.history_len=4"
 
     # tracking_uri left at the UI default (""): the step falls back to MLFLOW_TRACKING_URI from the Secret
-    uri = pods.run("configure", {"config_overrides": overrides, "tracking_uri": ""}, {}, ["config"])["return"]
+    uri = pods.run("connect", {"tracking_uri": ""}, {}, [])["return"]
     assert uri == f"http://{SERVICE}"
+    pods.run("configure", {"config_overrides": overrides}, {}, ["config"])
     config = pods.uri("configure", "config")
     passed, message, fingerprint = pods.run("validate", {"data_uri": data_uri}, {"config": config},
                                             ["report", "summary"])["return"]

@@ -19,7 +19,7 @@ def test_compiled_yaml_is_a_pipeline_spec_with_gpu_settings_only_on_the_gpu_bran
     docs = list(yaml.safe_load_all(out.read_text()))
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     assert spec.pipeline_info.name == "sora-training"
-    executors = spec.deployment_spec["executors"]
+    executors = docs[0]["deploymentSpec"]["executors"]
     trains = {k: v["container"] for k, v in executors.items() if k.startswith("exec-train")}
     assert len(trains) == 2  # one for gpu_count > 0, one for CPU nodes
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -34,14 +34,14 @@ def test_compiled_yaml_is_a_pipeline_spec_with_gpu_settings_only_on_the_gpu_bran
     assert "data_dir" not in params  # data is a URI, never a path shared between pods
     # every step gets the Secret, and the Secret carries MLFLOW_TRACKING_URI and the object store's variables
     for name in executors:
-        if name != "exec-fail":
+        if not name.startswith(("exec-fail", "exec-configure")):  # these read nothing but their parameters
             env = {e["envVar"] for s in platform[name]["secretAsEnv"] for e in s["keyToEnv"]}
             assert {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"} <= env, name
     images = {e["container"]["image"] for e in executors.values()}
     assert any("sora-trainer" in i for i in images) and any(i.endswith("/sora:0.1.0") for i in images)
-    # later steps read the prepared split, never the raw data: only validate and prepare take data_uri
+    # later steps read the prepared split, never the raw data: only validate, drift and prepare take data_uri
     readers = {name for name, comp in spec.components.items() if "data_uri" in comp.input_definitions.parameters}
-    assert readers == {"comp-validate", "comp-prepare"}
+    assert readers == {"comp-validate", "comp-drift", "comp-prepare"}
 
 
 def _run(tmp_path, data, *overrides, margin="0.0"):

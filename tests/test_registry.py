@@ -93,6 +93,7 @@ def test_register_compare_promote_rollback_on_a_real_server(mlflow_server, tmp_p
     # registering the same model again (a cached train step) reuses its version
     again = registry.log_and_register(uri, "sora-test", bad_dir, bad_report)
     assert again.version == v2 and again.reused
+    assert client.get_model_version("sora-test", v2).tags["sora.build.tree"] in ("clean", "dirty", "unversioned")
 
     # the pyfunc loads in a fresh process that has nothing of the project on its path (code is logged),
     # takes k as a param and answers one row per input row; unknown users get the flagged fallback

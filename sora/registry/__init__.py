@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from sora.buildinfo import build_info
 from sora.config import RegistryConfig, SoraConfig
 from sora.evaluate import evaluate_split, mostpop_scores
 from sora.metrics import metric_name
@@ -193,10 +194,12 @@ def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, 
                 mlflow.log_artifact(str(Path(tmp) / name), "reports")
         info = log_pyfunc(rec, model_dir, model_name)
         version = str(info.registered_model_version)
+        build = {f"sora.build.{k}": v for k, v in build_info().items()}
         mlflow.set_tags({"sora.model_version": version, "sora.data_fingerprint": rec.meta.get("data_fingerprint", ""),
-                         HASH_TAG: model_hash})
-    if model_hash:
-        client.set_model_version_tag(model_name, version, HASH_TAG, model_hash)
+                         HASH_TAG: model_hash, **build})
+    version_tags = {**({HASH_TAG: model_hash} if model_hash else {}), **build}  # "dirty"/"unversioned" trees say so
+    for key, value in version_tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, cfg.challenger_alias, version)
     log.info("registered %s version %s (run %s) as %s", model_name, version, run.info.run_id, cfg.challenger_alias)
     return Registered(run.info.run_id, version, f"models:/{model_name}/{version}")
