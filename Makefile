@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .sora/demo
 
-.PHONY: venv demo test test-fast lint clean
+.PHONY: venv demo test test-fast lint clean bento
 
 venv: $(STAMP)
 
@@ -24,6 +24,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The serving Bento (serving/bentofile.yaml): stage a build context with Sora's wheel inside it, then
+# `bentoml build` there. Built from a fresh copy of the sources, so stale build/ output never leaks in.
+BENTO_CTX ?= build/bento
+bento: $(STAMP)
+	rm -rf $(BENTO_CTX) && mkdir -p $(BENTO_CTX)/src $(BENTO_CTX)/wheels
+	cp -R pyproject.toml README.md sora components pipelines serving $(BENTO_CTX)/src/
+	cp serving/service.py serving/bentofile.yaml serving/requirements.txt $(BENTO_CTX)/
+	$(abspath $(BIN))/python -m pip wheel --no-deps --no-build-isolation -q -w $(BENTO_CTX)/wheels $(BENTO_CTX)/src
+	rm -rf $(BENTO_CTX)/src
+	cd $(BENTO_CTX) && $(abspath $(BIN))/bentoml build
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

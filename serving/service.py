@@ -1,11 +1,21 @@
-"""The Sora BentoML service (DESIGN.md §7, §10 "Service contract").
+"""The Sora BentoML service (DESIGN.md §7, §10 "Service contract"): thin over :mod:`sora.serving_core`.
 
 Configuration comes from the environment (this is an edge):
 
 - ``SORA_MODEL_URI``   ``models:/sora@champion`` (default) or ``models:/sora/3``; polled for alias moves
 - ``SORA_MODEL_DIR``   a local model directory instead of the registry
 - ``MLFLOW_TRACKING_URI`` where the registry lives
-- ``SORA_POLL_INTERVAL_S`` seconds between alias checks (default 30)
+- ``SORA_POLL_INTERVAL_S`` seconds between alias checks (default ``serve.poll_interval_s``)
+- ``SORA_STOP_LISTENING_ON_SIGTERM=1`` a worker's SIGTERM means the whole server stops: the shared
+  listening socket stops taking connections at once (refused, not queued and reset at exit) while
+  requests in flight finish. Set by ``sora serve`` and the Bento; leave it unset under
+  ``bentoml serve --reload``, whose restarted workers reuse that socket.
+- ``SORA_DIE_WITH_PARENT=1`` workers get SIGTERM when their arbiter dies (set by ``sora serve``)
+
+Request limits (id length, list length, body size, k) are ``SoraConfig().serve``'s. Every JSON
+endpoint goes through :class:`sora.serving_core.RequestGuard` (415 / 413 / 400 answered before
+BentoML parses the body) and :func:`sora.serving_core.handle` (404 for unknown ids, 503 at once
+while no model is loaded). Errors are ``{"error": "..."}``, logged once at WARNING.
 
 ``/score`` is not batched across requests: BentoML 1.4 batchable APIs take a single argument, and
 one ``/score`` request already scores a whole list of items in one matrix product.
@@ -13,22 +23,47 @@ one ``/score`` request already scores a whole list of items in one matrix produc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Annotated
+import signal
+from typing import Annotated, Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, NotFound
 from pydantic import Field
 
-log = logging.getLogger("sora.serving")
+from sora.config import SoraConfig
+from sora.serving_core import (
+    Limits,
+    ModelHolder,
+    NotFound,
+    RequestGuard,
+    ServiceError,
+    die_with_parent,
+    error_body,
+    handle,
+    log_refusal,
+    stop_listening_on,
+)
 
-K = Annotated[int, Field(ge=1, le=1000, description="number of items to return (1..1000)")]
+SERVE = SoraConfig().serve
+LIMITS = Limits.from_config(SERVE)
+
+K = Annotated[int, Field(description=f"number of items to return (1..{LIMITS.max_k})")]
+Id = Annotated[str, Field(description=f"an id, at most {LIMITS.max_id_length} characters")]
+Ids = Annotated[list[str], Field(description=f"1..{LIMITS.max_list_length} ids")]
 
 
-class NotReady(BentoMLException):
-    error_code = 503
+class _QuietClientErrors(logging.Filter):
+    """BentoML logs any exception it turns into a 4xx at ERROR with a traceback; make that one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(getattr(exc, "error_code", None), "value", None)
+        if exc is not None and (type(exc).__name__ == "ValidationError" or (code is not None and code < 500)):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "%s (%s)", (record.getMessage(), str(exc).splitlines()[0][:200])
+            record.exc_info = record.exc_text = None
+        return True
 
 
 @bentoml.service(name="sora", traffic={"timeout": 30}, workers=1)
@@ -36,11 +71,16 @@ class SoraService:
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge
 
-        from sora.serving_core import ModelHolder
-
-        source = os.environ.get("SORA_MODEL_DIR") or os.environ.get("SORA_MODEL_URI", "models:/sora@champion")
+        if os.environ.get("SORA_DIE_WITH_PARENT") == "1":  # set by `sora serve`: never outlive the server
+            die_with_parent(signal.SIGTERM)
+        if os.environ.get("SORA_STOP_LISTENING_ON_SIGTERM") == "1":  # not under --reload: see the docstring
+            stop_listening_on(signal.SIGTERM)  # refuse new connections at once, then drain (uvicorn's handler)
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(_QuietClientErrors())
+        if logging.getLogger("sora").level == logging.NOTSET:  # model loads and swaps belong in the server log
+            logging.getLogger("sora").setLevel(logging.INFO)
+        source = os.environ.get("SORA_MODEL_DIR") or os.environ.get("SORA_MODEL_URI", SERVE.model_uri)
         self.holder = ModelHolder(source, os.environ.get("MLFLOW_TRACKING_URI"),
-                                  float(os.environ.get("SORA_POLL_INTERVAL_S", "30")))
+                                  float(os.environ.get("SORA_POLL_INTERVAL_S", SERVE.poll_interval_s)))
         self.fallbacks = Counter("sora_fallback_responses", "Responses that used the popularity fallback")
         self.unknown = Counter("sora_unknown_ids", "Requests naming an unknown user or item id", ["kind"])
         self.version = Gauge("sora_model_version", "Registry version of the served model (0 = local directory)",
@@ -53,58 +93,40 @@ class SoraService:
             self.version.set(float(loaded.version) if loaded.version.isdigit() else 0.0)
         return loaded is not None
 
-    @contextlib.contextmanager
-    def _not_found(self, field: str, kind: str, hint: str = ""):
-        """Turn an unknown id into a 404 naming the request field, and count it."""
-        from sora.recommender import UnknownIdError
-
+    def _answer(self, ctx: bentoml.Context, endpoint: str, **payload: Any) -> dict:
+        """:func:`handle`, with a refusal turned into its status code and ``{"error": ...}``."""
         try:
-            yield
-        except UnknownIdError as exc:
-            self.unknown.labels(kind).inc()
-            raise NotFound(f"{field}: {exc.args[0]}{hint}") from None
-
-    def _loaded(self):
-        loaded = self.holder.current
-        if loaded is None:
-            raise NotReady(f"no model loaded yet ({self.holder.last_error or 'loading'})")
-        self.version.set(float(loaded.version) if loaded.version.isdigit() else 0.0)
-        return loaded
-
-    @bentoml.api
-    def recommend(self, user_id: str, k: K = 10, exclude_seen: bool = True, fallback: bool = False) -> dict:
-        """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items."""
-        from sora.serving_core import recommend
-
-        with self._not_found("user_id", "user", ' (send "fallback": true for popular items)'):
-            out = recommend(self._loaded(), user_id, k, exclude_seen, fallback)
+            out = handle(self.holder, endpoint, payload, LIMITS)
+        except ServiceError as exc:
+            if isinstance(exc, NotFound):
+                self.unknown.labels(exc.kind).inc()
+            log_refusal(f"POST /{endpoint}", exc)
+            ctx.response.status_code = exc.status
+            return error_body(exc)
         if out["fallback"]:
             self.fallbacks.inc()
         return out
 
     @bentoml.api
-    def recommend_from_history(self, item_ids: Annotated[list[str], Field(min_length=1, max_length=1000)],
-                               k: K = 10) -> dict:
+    def recommend(self, ctx: bentoml.Context, user_id: Id, k: K = 10, exclude_seen: bool = True,
+                  fallback: bool = False) -> dict:
+        """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items."""
+        return self._answer(ctx, "recommend", user_id=user_id, k=k, exclude_seen=exclude_seen, fallback=fallback)
+
+    @bentoml.api
+    def recommend_from_history(self, ctx: bentoml.Context, item_ids: Ids, k: K = 10) -> dict:
         """Top-k for an anonymous user from a history of item ids (unknown ids are skipped and listed)."""
-        from sora.serving_core import recommend_from_history
-
-        with self._not_found("item_ids", "item"):
-            return recommend_from_history(self._loaded(), item_ids, k)
+        return self._answer(ctx, "recommend_from_history", item_ids=item_ids, k=k)
 
     @bentoml.api
-    def similar_items(self, item_id: str, k: K = 10) -> dict:
+    def similar_items(self, ctx: bentoml.Context, item_id: Id, k: K = 10) -> dict:
         """Items closest to ``item_id`` in Sora's fused item space."""
-        from sora.serving_core import similar_items
-
-        with self._not_found("item_id", "item"):
-            return similar_items(self._loaded(), item_id, k)
+        return self._answer(ctx, "similar_items", item_id=item_id, k=k)
 
     @bentoml.api
-    def score(self, user_id: str, item_ids: Annotated[list[str], Field(min_length=1, max_length=10000)]) -> dict:
+    def score(self, ctx: bentoml.Context, user_id: Id, item_ids: Ids) -> dict:
         """Scores of the given items for a user, in the order given."""
-        from sora.serving_core import score
+        return self._answer(ctx, "score", user_id=user_id, item_ids=item_ids)
 
-        loaded = self._loaded()
-        known_user = str(user_id) in loaded.rec.user_index
-        with self._not_found(*(("item_ids", "item") if known_user else ("user_id", "user"))):
-            return score(loaded, user_id, item_ids)
+
+SoraService.add_asgi_middleware(RequestGuard, limits=LIMITS)

@@ -85,7 +85,7 @@ def served(tmp_path_factory):
 def test_every_endpoint_answers(served):
     status, body = _post(served, "/recommend", {"user_id": "u1", "k": 5})
     assert status == 200 and len(body["items"]) == 5 and body["fallback"] is False
-    assert set(body["items"][0]) == {"item_id", "title", "score"} and body["model"]["version"].startswith("local:")
+    assert set(body["items"][0]) == {"item_id", "title", "score"} and body["model"]["version"].startswith("sha256:")
     status, body = _post(served, "/recommend_from_history", {"item_ids": ["i1", "i2", "nope"], "k": 3})
     assert status == 200 and len(body["items"]) == 3 and body["ignored_item_ids"] == ["nope"]
     status, body = _post(served, "/similar_items", {"item_id": "i0", "k": 4})

@@ -91,6 +91,7 @@ def cmd_serve(args) -> int:
         env["MLFLOW_TRACKING_URI"] = tracking_uri(args)
     env["SORA_POLL_INTERVAL_S"] = str(args.poll_interval)
     env["SORA_DIE_WITH_PARENT"] = "1"
+    env["SORA_STOP_LISTENING_ON_SIGTERM"] = "1"
     cmd = [sys.executable, "-m", "bentoml", "serve", "sora_serving.service:SoraService",
            "--host", args.host, "--port", str(args.port), "--timeout-graceful-shutdown", str(int(grace))]
 

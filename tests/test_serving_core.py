@@ -1,0 +1,329 @@
+"""The service's request handling in-process (no server): checks, answers, refusals, the ASGI guard."""
+
+import asyncio
+import json
+import re
+import socket
+
+import pytest
+
+from sora.cli.serve import port_problem
+from sora.config import SoraConfig
+from sora.serving_core import (
+    ENDPOINTS,
+    BadRequest,
+    Limits,
+    ModelHolder,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RequestGuard,
+    ServiceError,
+    UnsupportedMediaType,
+    clip,
+    content_version,
+    handle,
+    parse_body,
+    scrub,
+    validate,
+)
+from sora.text import HashEncoder
+from sora.train import prepare, train_model
+from tests.conftest import make_dataset
+
+LIMITS = Limits(max_k=50, max_id_length=16, max_list_length=8, max_body_bytes=2048)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    ds = make_dataset(n_users=20, n_items=30, per_user=8)
+    cfg = SoraConfig().with_overrides(["text.model=hash:8", "model.dim=8", "train.max_epochs=1",
+                                       "train.batch_size=64", "model.history_len=3", "graph.item_knn_k=2"])
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(8), progress=False)
+    out = tmp_path_factory.mktemp("serving_core") / "model"
+    train_model(split, emb, ds.items, cfg, progress=False).recommender.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def holder(model_dir):
+    h = ModelHolder(str(model_dir))
+    assert h.refresh() and h.ready
+    return h
+
+
+def test_limits_come_from_config():
+    serve = SoraConfig().serve
+    limits = Limits.from_config(serve)
+    assert (limits.max_k, limits.max_id_length, limits.max_list_length, limits.max_body_bytes) == (
+        serve.max_k, serve.max_id_length, serve.max_list_length, serve.max_body_bytes)
+
+
+def test_every_endpoint_answers_with_the_contract(holder, model_dir):
+    out = handle(holder, "recommend", {"user_id": "u1", "k": 3}, LIMITS)
+    assert set(out) == {"model", "items", "fallback"} and len(out["items"]) == 3 and out["fallback"] is False
+    assert set(out["items"][0]) == {"item_id", "title", "score"}
+    assert out["model"] == {"name": "sora", "version": content_version(model_dir)}
+    assert re.fullmatch(r"sha256:[0-9a-f]{12}", out["model"]["version"])
+    out = handle(holder, "recommend_from_history", {"item_ids": ["i1", "nope", 2]}, LIMITS)
+    assert out["ignored_item_ids"] == ["nope", "2"] and len(out["items"]) == 10
+    out = handle(holder, "similar_items", {"item_id": "i0", "k": 4}, LIMITS)
+    assert len(out["items"]) == 4 and "i0" not in [i["item_id"] for i in out["items"]]
+    out = handle(holder, "score", {"user_id": "u1", "item_ids": ["i3", "i4"]}, LIMITS)
+    assert [i["item_id"] for i in out["items"]] == ["i3", "i4"]
+    out = handle(holder, "recommend", {"user_id": "nobody", "k": 2, "fallback": True}, LIMITS)
+    assert out["fallback"] is True and len(out["items"]) == 2
+
+
+def test_numeric_ids_are_read_as_strings(holder):
+    assert validate("recommend", {"user_id": 7}, LIMITS)["user_id"] == "7"
+    assert validate("recommend", {"user_id": "u1", "k": 3.0}, LIMITS)["k"] == 3
+
+
+@pytest.mark.parametrize("endpoint,payload,error,field", [
+    ("recommend", {"user_id": "nobody"}, NotFound, "user_id"),
+    ("recommend", {"user_id": "u1", "k": 0}, BadRequest, "k"),
+    ("recommend", {"user_id": "u1", "k": 51}, BadRequest, "k"),
+    ("recommend", {"user_id": "u1", "k": "many"}, BadRequest, "k"),
+    ("recommend", {"user_id": "u1", "k": True}, BadRequest, "k"),
+    ("recommend", {"user_id": "u1", "k": 2.5}, BadRequest, "k"),
+    ("recommend", {"user_id": "u1", "exclude_seen": "yes"}, BadRequest, "exclude_seen"),
+    ("recommend", {"k": 3}, BadRequest, "user_id"),
+    ("recommend", {"user_id": ""}, BadRequest, "user_id"),
+    ("recommend", {"user_id": ["u1"]}, BadRequest, "user_id"),
+    ("recommend", {"user_id": "u1", "kk": 3}, BadRequest, "kk"),
+    ("recommend", ["u1"], BadRequest, "json object"),
+    ("recommend_from_history", {"item_ids": ["nope"]}, NotFound, "item_ids"),
+    ("recommend_from_history", {"item_ids": "i1"}, BadRequest, "item_ids"),
+    ("recommend_from_history", {"item_ids": []}, BadRequest, "item_ids"),
+    ("recommend_from_history", {"item_ids": ["i1"] * 9}, BadRequest, "item_ids"),
+    ("recommend_from_history", {"item_ids": ["i1", None]}, BadRequest, "item_ids[1]"),
+    ("similar_items", {"item_id": "nope"}, NotFound, "item_id"),
+    ("score", {"user_id": "u1", "item_ids": ["i1", "nope"]}, NotFound, "item_ids"),
+    ("score", {"user_id": "nobody", "item_ids": ["i1"]}, NotFound, "user_id"),
+])
+def test_bad_requests_name_the_field(holder, endpoint, payload, error, field):
+    with pytest.raises(error) as info:
+        handle(holder, endpoint, payload, LIMITS)
+    assert info.value.status == {BadRequest: 400, NotFound: 404}[error]
+    assert field in info.value.message.lower()
+
+
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_long_ids_and_lists_are_refused_without_echoing_them(holder, endpoint):
+    huge = "x" * 100_000
+    payload = {"user_id": huge, "item_id": huge, "item_ids": [huge]}
+    payload = {k: v for k, v in payload.items() if k in ENDPOINTS[endpoint]}
+    with pytest.raises(BadRequest) as info:
+        handle(holder, endpoint, payload, LIMITS)
+    assert "longer than 16" in info.value.message and len(info.value.message) < 200
+    # unknown ids within the limit are quoted, but cut short
+    ok_length = "y" * 16
+    payload = {k: (["i1", ok_length] if k == "item_ids" else ok_length) for k in payload}
+    if endpoint == "recommend_from_history":
+        payload["item_ids"] = [ok_length]
+    with pytest.raises(NotFound) as info:
+        handle(holder, endpoint, payload, Limits(max_id_length=16))
+    assert len(info.value.message) < 200
+
+
+def test_not_ready_is_a_503_with_the_reason_and_no_path(tmp_path):
+    holder = ModelHolder(str(tmp_path / "nowhere"))
+    with pytest.raises(NotReady, match="model loading"):
+        handle(holder, "recommend", {"user_id": "u1"}, LIMITS)
+    assert not holder.refresh()
+    with pytest.raises(NotReady) as info:
+        handle(holder, "recommend", {"user_id": "u1"}, LIMITS)
+    assert info.value.status == 503 and "FileNotFoundError" in info.value.message
+    assert str(tmp_path) not in info.value.message and "/" not in info.value.message.replace("<path>", "")
+    assert str(tmp_path) in holder.last_error  # the log keeps the detail
+
+
+def test_a_bad_request_is_refused_before_readiness_matters(tmp_path):
+    with pytest.raises(BadRequest):
+        handle(ModelHolder(str(tmp_path)), "recommend", {"user_id": 3.5}, LIMITS)
+
+
+def test_clip_and_scrub():
+    assert clip("abc") == "'abc'"
+    long = clip("z" * 10_000)
+    assert len(long) < 80 and "10000 characters" in long
+    text = scrub("FileNotFoundError: /tmp/x/y/model: not a model; see file:///srv/a/b and models:/sora@champion")
+    assert "/tmp" not in text and "/srv" not in text and "models:/sora@champion" in text
+
+
+@pytest.mark.parametrize("body,ctype,error", [
+    (b'{"user_id": "u1"}', "multipart/form-data; boundary=x", UnsupportedMediaType),
+    (b'{"user_id": "u1"}', "text/plain", UnsupportedMediaType),
+    (b"x" * 3000, "application/json", PayloadTooLarge),
+    (b'{"user_id": "u1",', "application/json", BadRequest),
+    (b"\xff\xfe", "application/json", BadRequest),
+    (b"[" * 100_0, "application/json", BadRequest),
+])
+def test_parse_body_refusals(body, ctype, error):
+    with pytest.raises(error):
+        parse_body(body, ctype, LIMITS)
+
+
+def test_parse_body_accepts_json_types():
+    assert parse_body(b'{"a": 1}', "application/json; charset=utf-8", LIMITS) == {"a": 1}
+    assert parse_body(b'{"a": 1}', None, LIMITS) == {"a": 1}
+    assert parse_body(b"", "application/vnd.api+json", LIMITS) == {}
+
+
+# ------------------------------------------------------------------ the ASGI guard, with a fake app
+
+def _call_guard(path, body, headers, method="POST", chunks=None):
+    seen = {}
+
+    async def app(scope, receive, send):
+        message = await receive()
+        seen["body"], seen["headers"] = message["body"], dict(scope["headers"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    parts = chunks if chunks is not None else [body]
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(RequestGuard(app, LIMITS)(scope, receive, send))
+    status = sent[0]["status"]
+    payload = b"".join(m.get("body", b"") for m in sent[1:])
+    return status, payload, seen
+
+
+def test_guard_passes_checked_requests_on_re_encoded():
+    body = json.dumps({"user_id": 12, "k": 2}).encode()
+    status, payload, seen = _call_guard("/recommend", body, {"content-type": "application/json",
+                                                            "content-length": str(len(body))})
+    assert status == 200 and payload == b"ok"
+    assert json.loads(seen["body"]) == {"user_id": "12", "k": 2, "exclude_seen": True, "fallback": False}
+    assert seen["headers"][b"content-length"] == str(len(seen["body"])).encode()
+
+
+@pytest.mark.parametrize("path,body,headers,chunks,status", [
+    ("/recommend", b'{"user_id": "u1"}', {"content-type": "multipart/form-data; boundary=b"}, None, 415),
+    ("/score", b"{}", {"content-type": "application/x-www-form-urlencoded"}, None, 415),
+    ("/recommend", b"{}", {"content-type": "application/json", "content-length": "99999999"}, None, 413),
+    ("/recommend", b"", {"content-type": "application/json"}, [b"x" * 1500, b"y" * 1500], 413),
+    ("/recommend", b'{"user_id": ', {"content-type": "application/json"}, None, 400),
+    ("/recommend", b'{"user_id": "u1", "k": -1}', {}, None, 400),
+    ("/similar_items", json.dumps({"item_id": "q" * 500}).encode(), {}, None, 400),
+])
+def test_guard_refuses_before_the_app(path, body, headers, chunks, status):
+    got, payload, seen = _call_guard(path, body, headers, chunks=chunks)
+    assert got == status and not seen
+    assert set(json.loads(payload)) == {"error"} and len(payload) < 300
+
+
+def test_guard_leaves_other_requests_alone():
+    status, _, seen = _call_guard("/metrics", b"anything", {"content-type": "text/plain"}, method="GET")
+    assert status == 200 and seen["body"] == b"anything"
+    status, _, seen = _call_guard("/not-an-endpoint", b"anything", {"content-type": "text/plain"})
+    assert status == 200 and seen
+
+
+def test_service_errors_carry_http_statuses():
+    assert {c.status for c in (BadRequest, PayloadTooLarge, UnsupportedMediaType, NotReady)} == {400, 413, 415, 503}
+    assert issubclass(NotFound, ServiceError) and NotFound("x", "user").status == 404
+
+
+def test_busy_port_is_reported():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        assert "in use" in port_problem("127.0.0.1", s.getsockname()[1]).lower()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert port_problem("127.0.0.1", free) is None
+
+
+# ------------------------------------------------------------------ the BentoML class itself, in-process
+
+class _Ctx:
+    class response:  # noqa: N801 - stands in for bentoml.Context.response
+        status_code = 200
+
+
+@pytest.fixture(scope="module")
+def service(model_dir):
+    """``SoraService`` instantiated once (its Prometheus metrics can only be registered once per process)."""
+    import os
+
+    from sora_serving.service import SoraService
+
+    saved = dict(os.environ)
+    os.environ["SORA_MODEL_DIR"] = str(model_dir)  # the service reads its model source at the edge
+    try:
+        svc = SoraService()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    svc.holder._thread.join(timeout=60)
+    assert svc.__is_ready__()
+    yield svc
+    svc.holder.stop()
+
+
+def test_service_methods_are_thin_over_handle(service, model_dir):
+    ctx = _Ctx()
+    out = service.recommend(ctx=ctx, user_id="u1", k=3)
+    assert len(out["items"]) == 3 and out["model"]["version"] == content_version(model_dir)
+    assert service.score(ctx=ctx, user_id="u1", item_ids=["i1"])["items"][0]["item_id"] == "i1"
+    out = service.similar_items(ctx=ctx, item_id="nope")
+    assert ctx.response.status_code == 404 and set(out) == {"error"} and "item_id" in out["error"]
+
+
+def test_bentoml_4xx_tracebacks_become_one_warning_line():
+    import logging
+    import sys
+
+    from pydantic import BaseModel, ValidationError
+    from sora_serving.service import _QuietClientErrors
+
+    class M(BaseModel):
+        k: int
+
+    try:
+        M(k="x")
+    except ValidationError:
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on %s [%s]",
+                                   ("/recommend", "POST"), sys.exc_info())
+    assert _QuietClientErrors().filter(record)
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "/recommend" in record.getMessage() and "validation error" in record.getMessage()
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception", (), sys.exc_info())
+    assert _QuietClientErrors().filter(record) and record.levelno == logging.ERROR and record.exc_info
+
+
+def test_stop_listening_refuses_new_connections_but_keeps_accepted_ones():
+    import subprocess
+    import sys
+
+    code = """if True:
+        import socket
+        from sora.serving_core import stop_listening
+        server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port)); conn, _ = server.accept()
+        print(stop_listening())
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2); print("accepted")
+        except ConnectionRefusedError:
+            print("refused")
+        client.sendall(b"still here"); print(conn.recv(32).decode())
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split("\n")[:3] == ["1", "refused", "still here"], out.stdout + out.stderr
