@@ -159,6 +159,31 @@ class Pods:
         return f"{self.root}/{component}/{name}"
 
 
+class _service_dns:
+    """The test process's own view of the Service name (what ``sitecustomize`` does for the pods)."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def __enter__(self):
+        import socket
+
+        self.real = real = socket.getaddrinfo
+        port = self.port
+
+        def getaddrinfo(host, p, *args, **kwargs):
+            if f"{host}:{p}" == SERVICE:
+                return real("127.0.0.1", port, *args, **kwargs)
+            return real(host, p, *args, **kwargs)
+
+        socket.getaddrinfo = getaddrinfo
+
+    def __exit__(self, *exc):
+        import socket
+
+        socket.getaddrinfo = self.real
+
+
 class _env:
     def __init__(self, values):
         self.values, self.saved = values, {}
@@ -237,10 +262,10 @@ def test_pipeline_steps_as_pods_end_with_a_served_champion_whose_artifacts_are_i
     # the run records the dataset as an input (source URI and digest)
     import mlflow
 
-    with _env(cluster["pod_env"]):
+    with _env(cluster["pod_env"]), _service_dns(cluster["port"]):
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN
         try:
-            client = mlflow.MlflowClient(f"http://127.0.0.1:{cluster['port']}")
+            client = mlflow.MlflowClient(f"http://{SERVICE}")
             mv = client.get_model_version("sora", version)
             run = client.get_run(mv.run_id)
         finally:

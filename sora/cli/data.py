@@ -20,6 +20,13 @@ def cmd_fetch(args) -> int:
     return EXIT_OK
 
 
+def _print_result(text: str, args) -> None:
+    print(text)
+    for label, path in (("JSON summary", args.json), ("HTML report", args.report)):
+        if path:
+            print(f"{label}: {path}")
+
+
 def cmd_validate(args) -> int:
     import great_expectations  # noqa: F401 - imported first so its logger levels can be overridden
 
@@ -29,10 +36,7 @@ def cmd_validate(args) -> int:
     # GX sets this module's logger to INFO on import; quieten it after the import.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     result = stages.validate(args.data, cfg, args.report, args.json)
-    print(result.message)
-    for label, path in (("JSON summary", args.json), ("HTML report", args.report)):
-        if path:
-            print(f"{label}: {path}")
+    _print_result(result.message, args)
     return EXIT_OK if result.passed else EXIT_FAIL
 
 
@@ -41,10 +45,7 @@ def cmd_drift(args) -> int:
 
     cfg = config_from(args)
     result = stages.drift(args.reference, args.data, cfg, args.report, args.json)
-    print(result.summary())
-    for label, path in (("JSON summary", args.json), ("HTML report", args.report)):
-        if path:
-            print(f"{label}: {path}")
+    _print_result(result.summary(), args)
     return EXIT_FAIL if result.status == "fail" else EXIT_OK
 
 
