@@ -1,6 +1,7 @@
 """Registry against a real `mlflow server` on loopback (SQLite backend) and the promotion rules."""
 
 import subprocess
+import sysconfig
 import sys
 import time
 import urllib.request
@@ -98,10 +99,8 @@ def test_register_compare_promote_rollback_on_a_real_server(mlflow_server, tmp_p
     # the pyfunc loads in a fresh process that has nothing of the project on its path (code is logged),
     # takes k as a param and answers one row per input row; unknown users get the flagged fallback
     code = (
-        "import sys, site, json\n"
-        "sys.path[:] = [p for p in sys.path if p]\n"
-        "[site.addsitedir(p) for p in site.getsitepackages()]\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]\n"
+        "import sys, json\n"
+        f"sys.path[:] = [p for p in sys.path if p] + [{sysconfig.get_paths()['purelib']!r}]  # no .pth files\n"
         "import importlib.util; assert importlib.util.find_spec('sora') is None, 'sora importable before load'\n"
         "import mlflow, pandas as pd\n"
         "m = mlflow.pyfunc.load_model('models:/sora-test@challenger')\n"
