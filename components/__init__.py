@@ -167,3 +167,16 @@ def promote(tracking_uri: str, model_name: str, version: str) -> str:
     message = stages.promote(tracking_uri, model_name, version)
     print(message)
     return message
+
+
+@component
+def batch_score(k: int, model: Input[Model], scores: Output[Dataset]):
+    """The new champion's top-``k`` for every user, as a Parquet artifact (user_id, rank, item_id, score);
+    ``k = 0`` (the default) skips the scoring."""
+    from sora import stages
+
+    if k <= 0:
+        scores.metadata["skipped"] = "batch_top_k is 0"
+        return
+    scores.metadata.update(stages.batch_score(model.path, k, scores.path))
+

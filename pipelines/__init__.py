@@ -1,6 +1,6 @@
 """The Sora training pipeline (installed as ``sora_pipelines``) and how to compile, run, submit, schedule it.
 
-connect → configure → validate → drift → (passed) prepare → embed → train → evaluate → register → compare → (promote) promote
+connect → configure → validate → drift → (passed) prepare → embed → train → evaluate → register → compare → (promote) promote → (batch_top_k > 0) batch_score
                      → (failed) fail
 
 Steps share nothing but typed artifacts, URIs and environment variables (``data_uri`` may be an
@@ -71,7 +71,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         return task
 
     def _train_and_promote(data_uri, validated, config, uri, model_name, promotion_margin, gpu_count,
-                           embedding_cache, run_baselines):
+                           embedding_cache, run_baselines, batch_top_k):
         """prepare → embed → train → evaluate → register → compare → (promote), inside the gates."""
         prepared = with_secret(c.prepare(data_uri=data_uri, data_fingerprint=validated.outputs["fingerprint"],
                                          config=config))
@@ -103,12 +103,14 @@ def build_pipeline(settings: ClusterSettings | None = None):
         with dsl.If(compared.outputs["Output"] == True, name="challenger-wins"):  # noqa: E712
             promoted = with_secret(c.promote(tracking_uri=uri, model_name=model_name, version=registered.output))
             promoted.set_caching_options(False)
+            # k == 0 is checked inside the step: kfp.local skips a parameter condition nested this deep
+            c.batch_score(k=batch_top_k, model=model).after(promoted)
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Validate, embed, train, evaluate, register and (if better) "
                   "promote the Sora graph + text recommender.")
     def sora_training(data_uri: str, config_overrides: str = "", tracking_uri: str = "",
                       model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
-                      embedding_cache: str = "", run_baselines: bool = True, reference_data_uri: str = ""):
+                      embedding_cache: str = "", run_baselines: bool = True, reference_data_uri: str = "", batch_top_k: int = 0):
         connected = with_secret(c.connect(tracking_uri=tracking_uri))
         connected.set_caching_options(False)  # the registry is checked on every run, first
         uri = connected.output
@@ -121,7 +123,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             drifted.set_caching_options(False)
             with dsl.If(drifted.outputs["Output"] != "fail", name="no-drift-failure"):
                 _train_and_promote(data_uri, validated, config, uri, model_name, promotion_margin, gpu_count,
-                                   embedding_cache, run_baselines)
+                                   embedding_cache, run_baselines, batch_top_k)
             with dsl.Else(name="drift-failure"):
                 c.fail(message="data drift gate failed (see the drift report)").set_caching_options(False)
         with dsl.Else(name="data-invalid"):

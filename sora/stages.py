@@ -326,3 +326,16 @@ def promote(tracking_uri: str, model_name: str, version: str, alias: str = "cham
 
     previous = registry_promote(tracking_uri, model_name, version, alias=alias)
     return f"{model_name} v{version} is {alias} (previous: {previous or 'none'})"
+
+
+# ------------------------------------------------------------------------------------------ batch scoring
+
+def batch_score(model_uri: str, k: int, out_uri: str, batch_size: int = 1024, progress: bool = True) -> dict[str, Any]:
+    """Every known user's top-``k`` from the model at ``model_uri`` as Parquet (user_id, rank, item_id, score)."""
+    from dataclasses import asdict
+
+    from sora.batch import batch_recommend
+
+    stats = batch_recommend(load_model(model_uri), "all", k, out_uri, batch_size=batch_size, progress=progress)
+    return {k: v for k, v in asdict(stats).items() if isinstance(v, (int, float, str))}
+

@@ -14,7 +14,8 @@ def _arguments(args, data_uri: str) -> dict:
     return {"data_uri": data_uri, "config_overrides": ";".join(args.set or []), "tracking_uri": tracking_uri(args),
             "model_name": args.model_name, "promotion_margin": args.margin, "gpu_count": args.gpus,
             "embedding_cache": embedding_cache(args.embedding_cache) if args.embedding_cache or args.local_cache
-            else "", "run_baselines": not args.no_baselines}
+            else "", "run_baselines": not args.no_baselines,
+            "batch_top_k": args.batch_top_k}
 
 
 def cmd_compile(args) -> int:
@@ -150,6 +151,8 @@ def add_parser(sub) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
         p.add_argument("--workdir", default=".sora", help="local outputs (default .sora)")
         p.add_argument("--no-baselines", action="store_true", help="skip the baselines in the evaluate step")
+        p.add_argument("--batch-top-k", type=int, default=0, metavar="K",
+                       help="after a promotion, write the new champion's top-K for every user (0 = skip)")
 
     pipe = sub.add_parser("pipeline", help="compile, run locally, submit or schedule the Kubeflow pipeline")
     ps = pipe.add_subparsers(dest="pipeline_command", required=True)
