@@ -51,6 +51,8 @@ LIMITS = Limits.from_config(SERVE)
 K = Annotated[int, Field(description=f"number of items to return (1..{LIMITS.max_k})")]
 Id = Annotated[str, Field(description=f"an id, at most {LIMITS.max_id_length} characters")]
 Ids = Annotated[list[str], Field(description=f"1..{LIMITS.max_list_length} ids")]
+Recent = Annotated[list[str] | None, Field(description=f"0..{LIMITS.max_list_length} distinct item ids: events since "
+                                           "training, newest last")]
 
 
 class _QuietClientErrors(logging.Filter):
@@ -109,9 +111,13 @@ class SoraService:
 
     @bentoml.api
     def recommend(self, ctx: bentoml.Context, user_id: Id, k: K = 10, exclude_seen: bool = True,
-                  fallback: bool = False) -> dict:
-        """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items."""
-        return self._answer(ctx, "recommend", user_id=user_id, k=k, exclude_seen=exclude_seen, fallback=fallback)
+                  fallback: bool = False, recent_item_ids: Recent = None) -> dict:
+        """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items.
+
+        ``recent_item_ids``: the user's events since training, newest last (folded into the history, excluded).
+        """
+        return self._answer(ctx, "recommend", user_id=user_id, k=k, exclude_seen=exclude_seen, fallback=fallback,
+                            recent_item_ids=recent_item_ids)
 
     @bentoml.api
     def recommend_from_history(self, ctx: bentoml.Context, item_ids: Ids, k: K = 10) -> dict:
@@ -124,9 +130,9 @@ class SoraService:
         return self._answer(ctx, "similar_items", item_id=item_id, k=k)
 
     @bentoml.api
-    def score(self, ctx: bentoml.Context, user_id: Id, item_ids: Ids) -> dict:
-        """Scores of the given items for a user, in the order given."""
-        return self._answer(ctx, "score", user_id=user_id, item_ids=item_ids)
+    def score(self, ctx: bentoml.Context, user_id: Id, item_ids: Ids, recent_item_ids: Recent = None) -> dict:
+        """Scores of the given items for a user, in the order given (``recent_item_ids`` as for recommend)."""
+        return self._answer(ctx, "score", user_id=user_id, item_ids=item_ids, recent_item_ids=recent_item_ids)
 
 
 SoraService.add_asgi_middleware(RequestGuard, limits=LIMITS)

@@ -7,6 +7,12 @@ A model directory holds:
                          history tokens, the item–item head (CSR), train and seen interactions (CSR)
 - ``meta.json``          id maps, split spec, data fingerprint, encoder id, item–item weight, history
 - ``items.parquet``      item metadata (id, title, …) for responses
+- ``ann.faiss``          only for catalogues of ``serve.ann_min_items`` or more: the approximate top-k
+                         index (:mod:`sora.ann`), built by ``save``
+
+Optional tensors, each announced in ``meta.json`` (``has_user_tokens``, ``has_item_text``) and then
+required: ``user_tokens`` (U, D), the users' graph embeddings, which let recent events re-run the
+Transformer exactly; ``item_text`` (I, T), the catalogue's text embeddings, written by ``sora items add``.
 
 ``Recommender.load(dir)`` is the only loader; the CLI, pipeline components, MLflow pyfunc and the
 BentoML service all use it. It loads strictly: a missing, truncated or inconsistent file (weights that
@@ -48,6 +54,8 @@ class ModelLoadError(ValueError):
 
 
 MODEL_FILES = ("config.json", "meta.json", "model.safetensors", "items.parquet")
+#: meta.json keys written by :meth:`Recommender.save` itself (not part of ``Recommender.meta``)
+_OWN_META = ("user_ids", "item_ids", "alpha", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[str, torch.Tensor]:
@@ -83,6 +91,14 @@ class Recommender:
     ii: sp.csr_matrix | np.ndarray | None  # (I, I) item–item head weights (row j: items reached from j)
     alpha: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: (U, D) graph embeddings of the users (the Transformer's user token); optional. With them, recent
+    #: events re-run the Transformer exactly; without, :meth:`user_vectors_with` shifts the fitted vector.
+    user_tokens: torch.Tensor | None = None
+    #: (I, T) the items' text embeddings (written by ``sora items add``, so later additions need not re-embed).
+    item_text: torch.Tensor | None = None
+    #: approximate top-k index (:class:`sora.ann.AnnIndex`) for catalogues of ``serve.ann_min_items`` or more;
+    #: built by :meth:`save`, used by :meth:`recommend` and :meth:`recommend_from_history`
+    ann: Any = None
 
     def __post_init__(self) -> None:
         self.user_index = {u: k for k, u in enumerate(self.user_ids)}
@@ -119,16 +135,69 @@ class Recommender:
         return s
 
     @torch.no_grad()
-    def score_history(self, items: list[int]) -> torch.Tensor:
-        """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
+    def user_vectors_with(self, u: int, recent: list[int]) -> torch.Tensor:
+        """(D,) user ``u``'s vector with ``recent`` item indices (oldest first) folded into its history.
+
+        The history the Transformer sees is the ``L`` newest of (training history + recent). With
+        :attr:`user_tokens` saved this is exactly what training computes; without them the fitted
+        vector is shifted by the change that the new history makes to an anonymous user's vector
+        (the Transformer's user token is then unknown; an approximation, documented in the README).
+        """
+        if not recent or self.model.fusion is None:
+            return self.user_vectors[u]
+        L = self.config.model.history_len
+        old = self.history[u][self.history_mask[u]].tolist()  # newest first
+        new = (list(reversed(recent)) + old)[:L]
+        hist = torch.zeros(2, L, dtype=torch.long)
+        mask = torch.zeros(2, L, dtype=torch.bool)
+        for row, seq in enumerate((new, old)):
+            hist[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = True
+        if self.user_tokens is not None:
+            return self.model.user_vectors(self.user_tokens[u][None], hist[:1], mask[:1], self.item_tokens)[0]
+        anon = self.model.user_vectors(None, hist, mask, self.item_tokens)  # (2, D): new and old history
+        return self.user_vectors[u] + anon[0] - anon[1]
+
+    @torch.no_grad()
+    def score_user_recent(self, u: int, recent: list[int], alpha: float | None = None) -> torch.Tensor:
+        """(I,) scores for user ``u`` with ``recent`` item indices (events since training, oldest first)."""
+        if not recent:
+            return self.score_users(np.array([u]), alpha)[0]
+        alpha = self.alpha if alpha is None else alpha
+        s = self.user_vectors_with(u, recent) @ self.item_vectors.T
+        if alpha and self.ii is not None:
+            row = self.train[u].tocsr().copy()
+            extra = sp.csr_matrix((np.ones(len(recent), np.float32), (np.zeros(len(recent)), recent)),
+                                  shape=(1, self.num_items))
+            x = row.maximum(extra)  # a recent repeat of a training item counts once, like the training matrix
+            s = s + alpha * self._ii_scores(x)[0]
+        return s
+
+    @torch.no_grad()
+    def top_k_users(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) user indices → (B, k) scores and item indices, best first (seen items excluded: -inf)."""
+        s = self.score_users(users)
+        if exclude_seen:
+            rows = self.seen[users]
+            r = np.repeat(np.arange(len(users)), np.diff(rows.indptr))
+            s[torch.from_numpy(r), torch.from_numpy(rows.indices.astype(np.int64))] = -torch.inf
+        return torch.topk(s, min(k, self.num_items), dim=1)
+
+    @torch.no_grad()
+    def history_vector(self, items: list[int]) -> torch.Tensor:
+        """(D,) the vector of an anonymous user whose history is ``items`` (oldest first)."""
         L = self.config.model.history_len
         recent = items[-L:]
         hist = torch.zeros(1, L, dtype=torch.long)
         mask = torch.zeros(1, L, dtype=torch.bool)
         hist[0, : len(recent)] = torch.as_tensor(recent[::-1])
         mask[0, : len(recent)] = True
-        u = self.model.user_vectors(None, hist, mask, self.item_tokens)  # (1, D)
-        s = (u @ self.item_vectors.T)[0]
+        return self.model.user_vectors(None, hist, mask, self.item_tokens)[0]
+
+    @torch.no_grad()
+    def score_history(self, items: list[int]) -> torch.Tensor:
+        """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
+        s = (self.history_vector(items)[None] @ self.item_vectors.T)[0]
         if self.alpha and self.ii is not None:
             x = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items)), items)), shape=(1, self.num_items))
             x.data[:] = 1.0
@@ -158,13 +227,63 @@ class Recommender:
         return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(v)}
                 for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
-    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> list[dict[str, Any]]:
-        """Top-k items for a known user (items the user already interacted with excluded by default)."""
+    def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True,
+                  recent_item_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Top-k items for a known user (items the user already interacted with excluded by default).
+
+        ``recent_item_ids``: events since training (newest last), folded into the user's history for the
+        Transformer and the item–item head and, with ``exclude_seen``, excluded like training items.
+        Unknown ids raise :class:`UnknownIdError`; duplicates raise ``ValueError``.
+        """
         u = self._user(user_id)
+        recent = self._recent(recent_item_ids)
+        exclude = np.r_[self.seen[u].indices, np.asarray(recent, dtype=np.int64)] if exclude_seen else None
+        if self.ann is not None:
+            history = np.r_[self.train[u].indices, np.asarray(recent, dtype=np.int64)].astype(np.int64)
+            return self._ann_results(self.user_vectors_with(u, recent), history, k, exclude)
         with torch.no_grad():
-            scores = self.score_users(np.array([u]))[0]
-        exclude = self.seen[u].indices if exclude_seen else None
+            scores = self.score_user_recent(u, recent)
         return self._results(scores, k, exclude)
+
+    @torch.no_grad()
+    def _ann_results(self, user: torch.Tensor, history: np.ndarray, k: int,
+                     exclude: np.ndarray | None) -> list[dict[str, Any]]:
+        """Top-k through the approximate index: its candidates plus the item–item head's, scored exactly."""
+        serve = self.config.serve
+        n_ex = 0 if exclude is None else len(exclude)
+        _, idx = self.ann.search(user.numpy(), k + n_ex + serve.ann_candidates)
+        cand = [idx[0][idx[0] >= 0]]
+        x = None
+        if self.alpha and self.ii is not None and len(history):
+            x = sp.csr_matrix((np.ones(len(history), np.float32), (np.zeros(len(history)), history)),
+                              shape=(1, self.num_items))
+            x.sum_duplicates()
+            x.data[:] = 1.0
+            reach = x @ self.ii  # (1, I): the head's scores, sparse for a sparse head
+            reach = np.asarray(reach.toarray() if sp.issparse(reach) else reach, dtype=np.float32).reshape(-1)
+            cand.append(np.flatnonzero(reach).astype(np.int64))
+        cand = np.unique(np.concatenate(cand))
+        if exclude is not None and n_ex:
+            cand = np.setdiff1d(cand, exclude, assume_unique=False)
+        if not len(cand):
+            return []
+        c = torch.from_numpy(cand)
+        s = self.item_vectors[c] @ user
+        if x is not None:
+            s = s + self.alpha * torch.from_numpy(reach[cand])
+        top = torch.topk(s, min(k, len(cand)))
+        return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(v)}
+                for v, i in zip(top.values.tolist(), c[top.indices].tolist(), strict=True)]
+
+    def _recent(self, recent_item_ids: list[str] | None) -> list[int]:
+        ids = [str(i) for i in recent_item_ids or []]
+        if len(set(ids)) != len(ids):
+            dup = next(i for n, i in enumerate(ids) if i in ids[:n])
+            raise ValueError(f"recent_item_ids: duplicate item id {dup!r}")
+        unknown = [i for i in ids if i not in self.item_index]
+        if unknown:
+            raise UnknownIdError(f"recent_item_ids: {len(unknown)} unknown item id(s), first {unknown[0]!r}")
+        return [self.item_index[i] for i in ids]
 
     def recommend_popular(self, k: int = 10, exclude: list[str] | None = None) -> list[dict[str, Any]]:
         """Most popular items: the explicit fallback for unknown users."""
@@ -177,6 +296,9 @@ class Recommender:
         ignored = [str(i) for i in item_ids if str(i) not in self.item_index]
         if not known:
             raise UnknownIdError(f"none of the history's item ids is known: {ignored[:5]}")
+        if self.ann is not None:
+            return self._ann_results(self.history_vector(known), np.asarray(known, dtype=np.int64), k,
+                                     np.array(known)), ignored
         return self._results(self.score_history(known), k, np.array(known)), ignored
 
     def similar_items(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -185,12 +307,14 @@ class Recommender:
         v = torch.nn.functional.normalize(self.item_vectors, dim=1)
         return self._results(v @ v[i], k, np.array([i]))
 
-    def score(self, user_id: str, item_ids: list[str]) -> list[dict[str, Any]]:
-        """Scores of the given items for a user, in the order given."""
+    def score(self, user_id: str, item_ids: list[str],
+              recent_item_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Scores of the given items for a user, in the order given (``recent_item_ids`` as in :meth:`recommend`)."""
         u = self._user(user_id)
         idx = [self._item(i) for i in item_ids]
+        recent = self._recent(recent_item_ids)
         with torch.no_grad():
-            s = self.score_users(np.array([u]))[0]
+            s = self.score_user_recent(u, recent)
         return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(s[i])}
                 for i in idx]
 
@@ -200,6 +324,11 @@ class Recommender:
         """Write the model directory atomically: a half-written model never replaces a good one."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
+        serve = self.config.serve
+        if self.ann is None and 0 < serve.ann_min_items <= self.num_items:  # built once per item vectors
+            from sora.ann import build_index
+
+            self.ann = build_index(self.item_vectors.numpy(), serve.ann_nlist, serve.ann_nprobe)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
@@ -209,6 +338,9 @@ class Recommender:
             tensors.update({
                 **_csr_tensors("train", self.train), **_csr_tensors("seen", self.seen),
             })
+            for name in ("user_tokens", "item_text"):
+                if getattr(self, name) is not None:
+                    tensors[name] = getattr(self, name).detach().cpu().float().contiguous()
             if isinstance(self.ii, np.ndarray):
                 tensors["ii.dense"] = torch.from_numpy(self.ii)
             elif self.ii is not None:
@@ -216,9 +348,14 @@ class Recommender:
             save_file(tensors, str(tmp / "model.safetensors"))
             self.config.save(tmp / "config.json")
             meta = {**self.meta, "user_ids": self.user_ids, "item_ids": self.item_ids, "alpha": self.alpha,
-                    "has_ii": self.ii is not None}
+                    "has_ii": self.ii is not None, "has_user_tokens": self.user_tokens is not None,
+                    "has_item_text": self.item_text is not None, "has_ann": self.ann is not None}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             self.items.to_parquet(tmp / "items.parquet", index=False)
+            if self.ann is not None:
+                from sora.ann import INDEX_FILE
+
+                self.ann.save(tmp / INDEX_FILE)
             old = None
             if directory.exists():
                 # two renames, never a copy: the good model stays whole until the new one is complete
@@ -285,11 +422,25 @@ class Recommender:
             train, seen = _csr_from(t, "train", (nu, ni)), _csr_from(t, "seen", (nu, ni))
         except (KeyError, ValueError, IndexError) as exc:
             raise ModelLoadError(f"{path}: interaction or item–item tensors are inconsistent ({exc})") from exc
-        fields = {k: v for k, v in meta.items() if k not in ("user_ids", "item_ids", "alpha", "has_ii")}
+        ann = None
+        if meta.get("has_ann"):
+            from sora.ann import INDEX_FILE, AnnIndex
+
+            index_path = directory / INDEX_FILE
+            try:
+                ann = AnnIndex.load(index_path, config.serve.ann_nprobe)
+            except Exception as exc:  # noqa: BLE001 - faiss raises RuntimeError for missing or damaged files
+                raise ModelLoadError(f"{index_path}: meta.json says the model has an approximate index, but it "
+                                     f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+            if ann.size != ni or int(ann.index.d) != config.model.dim:
+                raise ModelLoadError(f"{index_path}: index holds {ann.size} vectors of {ann.index.d} dims, the model "
+                                     f"{ni} items of {config.model.dim}")
+        fields = {k: v for k, v in meta.items() if k not in _OWN_META}
         return cls(config=config, model=model, user_ids=meta["user_ids"], item_ids=meta["item_ids"], items=items,
                    user_vectors=t["user_vectors"], item_vectors=t["item_vectors"], item_tokens=t["item_tokens"],
                    history=t["history"], history_mask=t["history_mask"].bool(),
-                   train=train, seen=seen, ii=ii, alpha=float(meta["alpha"]), meta=fields)
+                   train=train, seen=seen, ii=ii, alpha=float(meta["alpha"]), meta=fields,
+                   user_tokens=t.get("user_tokens"), item_text=t.get("item_text"), ann=ann)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -321,6 +472,10 @@ def _check_tensors(path: Path, t: dict[str, torch.Tensor], model: SoraModel, con
     expected.update({"user_vectors": (nu, dim), "item_vectors": (ni, dim), "item_tokens": (ni, dim),
                      "history": (nu, hl), "history_mask": (nu, hl),
                      "train.indptr": (nu + 1,), "train.indices": None, "seen.indptr": (nu + 1,), "seen.indices": None})
+    if meta.get("has_user_tokens"):
+        expected["user_tokens"] = (nu, dim)
+    if meta.get("has_item_text"):
+        expected["item_text"] = (ni, int(meta.get("text_dim", 0)))
     if "ii.dense" in t:
         expected["ii.dense"] = (ni, ni)
     elif meta.get("has_ii"):

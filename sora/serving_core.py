@@ -249,6 +249,19 @@ def _ids(field: str, value: Any, limits: Limits) -> list[str]:
     return [_id(f"{field}[{n}]", v, limits) for n, v in enumerate(value)]
 
 
+def _recent_ids(field: str, value: Any, limits: Limits) -> list[str]:
+    """Events since training: a list of distinct ids, possibly empty (no events)."""
+    if isinstance(value, list) and not value:
+        return []
+    ids = _ids(field, value, limits)
+    seen: set[str] = set()
+    for n, i in enumerate(ids):
+        if i in seen:
+            raise BadRequest(f"{field}[{n}]: duplicate item id {clip(i)}")
+        seen.add(i)
+    return ids
+
+
 def _k(field: str, value: Any, limits: Limits) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -266,14 +279,16 @@ def _flag(field: str, value: Any, limits: Limits) -> bool:
 
 
 _REQUIRED = object()
+_OPTIONAL = object()  # no default: left out of the checked arguments unless the request gives it
 
 #: endpoint -> {field: (check, default)}; the one description of what each endpoint accepts.
 ENDPOINTS: dict[str, dict[str, tuple[Callable[[str, Any, Limits], Any], Any]]] = {
     "recommend": {"user_id": (_id, _REQUIRED), "k": (_k, 10), "exclude_seen": (_flag, True),
-                  "fallback": (_flag, False)},
+                  "fallback": (_flag, False), "recent_item_ids": (_recent_ids, _OPTIONAL)},
     "recommend_from_history": {"item_ids": (_ids, _REQUIRED), "k": (_k, 10)},
     "similar_items": {"item_id": (_id, _REQUIRED), "k": (_k, 10)},
-    "score": {"user_id": (_id, _REQUIRED), "item_ids": (_ids, _REQUIRED)},
+    "score": {"user_id": (_id, _REQUIRED), "item_ids": (_ids, _REQUIRED),
+              "recent_item_ids": (_recent_ids, _OPTIONAL)},
 }
 
 
@@ -291,7 +306,7 @@ def validate(endpoint: str, payload: Any, limits: Limits = Limits()) -> dict[str
             out[name] = check(name, payload[name], limits)
         elif default is _REQUIRED:
             raise BadRequest(f"{name}: required")
-        else:
+        elif default is not _OPTIONAL:
             out[name] = default
     return out
 
@@ -321,14 +336,27 @@ def _unknown_user(user_id: str, fallback_hint: bool = False) -> NotFound:
     return NotFound(f"user_id: unknown user {clip(user_id)}{hint}", "user")
 
 
+def _check_recent(loaded: Loaded, recent_item_ids: list[str]) -> None:
+    """Recent events must name known items: an unknown one is 404 naming the field (never skipped silently)."""
+    missing = [i for i in recent_item_ids if i not in loaded.rec.item_index]
+    if missing:
+        raise NotFound(f"recent_item_ids: {len(missing)} unknown item id(s), first {clip(missing[0])}", "item")
+
+
 def recommend(loaded: Loaded, user_id: str, k: int = 10, exclude_seen: bool = True,
-              fallback: bool = False) -> dict[str, Any]:
-    """Top-k for a known user; an unknown one gets popular items if ``fallback``, else :class:`NotFound`."""
+              fallback: bool = False, recent_item_ids: list[str] | None = None) -> dict[str, Any]:
+    """Top-k for a known user; an unknown one gets popular items if ``fallback``, else :class:`NotFound`.
+
+    ``recent_item_ids`` (events since training, newest last) are folded into the user's history and
+    excluded from the results; nothing is stored, so every replica answers the same request alike.
+    """
+    recent = list(recent_item_ids or [])
+    _check_recent(loaded, recent)
     if user_id not in loaded.rec.user_index:
         if not fallback:
             raise _unknown_user(user_id, fallback_hint=True)
-        return _envelope(loaded, loaded.rec.recommend_popular(k), fallback=True)
-    return _envelope(loaded, loaded.rec.recommend(user_id, k=k, exclude_seen=exclude_seen))
+        return _envelope(loaded, loaded.rec.recommend_popular(k, exclude=recent), fallback=True)
+    return _envelope(loaded, loaded.rec.recommend(user_id, k=k, exclude_seen=exclude_seen, recent_item_ids=recent))
 
 
 def recommend_from_history(loaded: Loaded, item_ids: list[str], k: int = 10) -> dict[str, Any]:
@@ -349,13 +377,16 @@ def similar_items(loaded: Loaded, item_id: str, k: int = 10) -> dict[str, Any]:
     return _envelope(loaded, loaded.rec.similar_items(item_id, k=k))
 
 
-def score(loaded: Loaded, user_id: str, item_ids: list[str]) -> dict[str, Any]:
+def score(loaded: Loaded, user_id: str, item_ids: list[str],
+          recent_item_ids: list[str] | None = None) -> dict[str, Any]:
     if user_id not in loaded.rec.user_index:
         raise _unknown_user(user_id)
     missing = [i for i in item_ids if i not in loaded.rec.item_index]
     if missing:
         raise NotFound(f"item_ids: {len(missing)} unknown item id(s), first {clip(missing[0])}", "item")
-    return _envelope(loaded, loaded.rec.score(user_id, item_ids))
+    recent = list(recent_item_ids or [])
+    _check_recent(loaded, recent)
+    return _envelope(loaded, loaded.rec.score(user_id, item_ids, recent_item_ids=recent))
 
 
 ANSWERS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -38,8 +38,10 @@ class SentenceTransformerEncoder:
     """A sentence-transformers model, loaded once."""
 
     def __init__(self, name_or_path: str, max_seq_length: int = 128, normalize: bool = True, device: str | None = None,
-                 label: str | None = None):
+                 label: str | None = None, num_threads: int = 0):
         from sentence_transformers import SentenceTransformer
+
+        self.num_threads = num_threads  # 0: leave torch's setting alone
 
         self.model = SentenceTransformer(name_or_path, device=device or "cpu")
         self.model.max_seq_length = max_seq_length
@@ -54,9 +56,18 @@ class SentenceTransformerEncoder:
         self.encoder_id = f"{label}-{h.hexdigest()[:12]}-len{max_seq_length}-n{int(normalize)}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        out = self.model.encode(texts, batch_size=len(texts), show_progress_bar=False,
-                                normalize_embeddings=self.normalize, convert_to_numpy=True)
-        return out.astype(np.float32)
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            out = self.model.encode(texts, batch_size=len(texts), show_progress_bar=False,
+                                    normalize_embeddings=self.normalize, convert_to_numpy=True)
+        finally:
+            if self.num_threads:
+                torch.set_num_threads(previous)
+        return out.astype(np.float32, copy=False)
 
 
 class HashEncoder:
@@ -94,8 +105,9 @@ def load_encoder(cfg: TextConfig, device: str | None = None) -> TextEncoder:
         return HashEncoder(dim)
     if cfg.model == "bundled":
         return SentenceTransformerEncoder(str(bundled_model_path()), cfg.max_seq_length, cfg.normalize, device=device,
-                                          label=BUNDLED_LABEL)
-    return SentenceTransformerEncoder(cfg.model, cfg.max_seq_length, cfg.normalize, device=device)
+                                          label=BUNDLED_LABEL, num_threads=cfg.num_threads)
+    return SentenceTransformerEncoder(cfg.model, cfg.max_seq_length, cfg.normalize, device=device,
+                                      num_threads=cfg.num_threads)
 
 
 def text_hash(text: str) -> str:
@@ -131,23 +143,55 @@ class EmbeddingCache:
     def load(self, encoder_id: str) -> dict[str, np.ndarray]:
         import io
 
+        import pyarrow.parquet as pq
+
         from sora import storage
 
         path = self._path(encoder_id)
         if not storage.exists(path):
             return {}
-        df = pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
-        return dict(zip(df["hash"], (np.asarray(v, dtype=np.float32) for v in df["vector"]), strict=True))
+        table = pq.read_table(io.BytesIO(storage.read_bytes(path)))
+        matrix = _vector_matrix(table.column("vector"))
+        return dict(zip(table.column("hash").to_pylist(), matrix, strict=True))
 
     def store(self, encoder_id: str, entries: dict[str, np.ndarray]) -> None:
         import io
 
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         from sora import storage
 
-        df = pd.DataFrame({"hash": list(entries), "vector": [v.tolist() for v in entries.values()]})
+        vectors = np.stack(list(entries.values())) if entries else np.zeros((0, 0), np.float32)
+        table = pa.table({"hash": pa.array(list(entries), pa.string()), "vector": _vector_column(vectors)})
         buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
+        pq.write_table(table, buf)
         storage.write_bytes(self._path(encoder_id), buf.getvalue())
+
+
+def _vector_column(vectors: np.ndarray):
+    """(N, D) float32 → an Arrow list<float> column without a Python list per row (``tolist`` was most of a store)."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape if vectors.ndim == 2 else (0, 0)
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(vectors.reshape(-1)))
+
+
+def _vector_matrix(column) -> np.ndarray:
+    """An Arrow list column of equal-length vectors (float32 or, in older files, float64) → (N, D) float32."""
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    lengths = np.diff(column.offsets.to_numpy())
+    if (lengths != lengths[0]).any():
+        raise ValueError("embedding vectors of different lengths in one file")
+    return flat.reshape(n, int(lengths[0]))
 
 
 def embed_texts(texts: list[str], encoder: TextEncoder, cache: EmbeddingCache | None = None,
@@ -158,7 +202,10 @@ def embed_texts(texts: list[str], encoder: TextEncoder, cache: EmbeddingCache | 
     start = time.perf_counter()
     hashes = [text_hash(t) for t in texts]
     known = cache.load(encoder.encoder_id) if cache else {}
-    todo = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
+    # longest first, as sentence-transformers orders one encode() call: a batch holds texts of similar
+    # length, so little of it is padding (sorting by hash mixed lengths and padded every batch to its longest)
+    todo = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items(),
+                  key=lambda ht: (-len(ht[1]), ht[0]))
     new: dict[str, np.ndarray] = {}
     if todo:
         bar = tqdm(total=len(todo), desc=f"embedding ({encoder.encoder_id[:24]})", unit="item",
@@ -190,12 +237,12 @@ class ItemEmbeddings:
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        df = pd.DataFrame({"item_id": self.item_ids, "text": self.texts, "vector": [v.tolist() for v in self.vectors]})
         tmp = path.with_name(f".{path.name}.tmp")
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        table = pa.table({"item_id": pa.array(self.item_ids, pa.string()), "text": pa.array(self.texts, pa.string()),
+                          "vector": _vector_column(self.vectors)})
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"sora.encoder_id": self.encoder_id.encode()})
         pq.write_table(table, tmp)
         tmp.replace(path)
@@ -206,9 +253,9 @@ class ItemEmbeddings:
 
         table = pq.read_table(path)
         encoder_id = (table.schema.metadata or {}).get(b"sora.encoder_id", b"").decode()
-        df = table.to_pandas()
-        vectors = np.stack([np.asarray(v, dtype=np.float32) for v in df["vector"]]) if len(df) else np.zeros((0, 0), np.float32)
-        return cls(list(df["item_id"].astype(str)), list(df["text"]), vectors, encoder_id)
+        vectors = _vector_matrix(table.column("vector"))
+        return cls([str(i) for i in table.column("item_id").to_pylist()], table.column("text").to_pylist(), vectors,
+                   encoder_id)
 
     def aligned(self, item_ids: list[str]) -> np.ndarray:
         """Vectors in the order of ``item_ids`` (every id must be present)."""

@@ -21,12 +21,12 @@ log = logging.getLogger("sora")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sora.cli import config, data, model, pipeline, registry, serve
+    from sora.cli import batch, config, data, items, model, pipeline, registry, serve
 
     parser = argparse.ArgumentParser(prog="sora", description="Sora: graph + text recommender and its MLOps workflow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (data, config, model, pipeline, registry, serve):
+    for module in (data, config, model, pipeline, registry, serve, items, batch):
         module.add_parser(sub)
     return parser
 
