@@ -14,14 +14,17 @@ Only training interactions enter the graph, so valid/test never leak into messag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from sora.config import GraphConfig
-from sora.itemsim import Edges, cooccurrence_topk, interaction_matrix, knn_cosine
+from sora.itemsim import Edges, cooccurrence_topk, interaction_matrix, knn_cosine, knn_cosine_ivf
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +67,51 @@ def symmetrise(edges: Edges, self_loops: bool = False, n: int | None = None) -> 
 
 
 def build_graph(train_users: np.ndarray, train_items: np.ndarray, num_users: int, num_items: int,
-                text_vectors: np.ndarray | None, cfg: GraphConfig, user_edges: Edges | None = None):
-    """Build the heterograph from training interactions (index arrays) and item text vectors (I, T)."""
+                text_vectors: np.ndarray | None, cfg: GraphConfig, user_edges: Edges | None = None,
+                x: sp.csr_matrix | None = None, stage: Callable[[str], contextlib.AbstractContextManager] | None = None):
+    """Build the heterograph from training interactions (index arrays) and item text vectors (I, T).
+
+    ``x`` is the (U, I) training matrix when the caller already has it (it is built once per
+    training run); ``stage(name)`` is a context manager that times each edge family.
+    """
     dgl = import_dgl()
-    x = interaction_matrix(train_users, train_items, num_users, num_items).tocoo()
+    stage = stage or (lambda name: contextlib.nullcontext())
+    if x is None:
+        x = interaction_matrix(train_users, train_items, num_users, num_items)
+    x = x.tocsr()
+    coo = x.tocoo()
     data: dict[tuple[str, str, str], Edges] = {
-        USER_ITEM: (x.row.astype(np.int64), x.col.astype(np.int64), np.ones(x.nnz, np.float32)),
-        ITEM_USER: (x.col.astype(np.int64), x.row.astype(np.int64), np.ones(x.nnz, np.float32)),
+        USER_ITEM: (coo.row.astype(np.int64), coo.col.astype(np.int64), np.ones(coo.nnz, np.float32)),
+        ITEM_USER: (coo.col.astype(np.int64), coo.row.astype(np.int64), np.ones(coo.nnz, np.float32)),
     }
+    del coo
     kinds = item_edge_kinds(cfg)
-    if "text" in kinds and text_vectors is not None and cfg.item_knn_k > 0:
-        src, dst, w = knn_cosine(text_vectors, cfg.item_knn_k, batch_size=cfg.knn_batch_size)
-        data[TEXT_SIM] = symmetrise((src, dst, np.clip(w, 1e-3, None)), cfg.self_loops, num_items)
-    if "cooccur" in kinds and cfg.cooccur_k > 0:
-        data[COOCCUR] = symmetrise(cooccurrence_topk(x.tocsr(), cfg.cooccur_k), cfg.self_loops, num_items)
-    if cfg.user_edges == "given" and user_edges is not None:
-        data[SOCIAL] = symmetrise(user_edges, cfg.self_loops, num_users)
-    elif cfg.user_edges == "knn" and cfg.user_knn_k > 0:
-        data[SOCIAL] = symmetrise(cooccurrence_topk(x.T.tocsr(), cfg.user_knn_k), cfg.self_loops, num_users)
-    elif cfg.user_edges not in ("given", "knn", "none"):
+    if cfg.user_edges not in ("given", "knn", "none"):
         raise ValueError(f"graph.user_edges must be given, knn or none, got {cfg.user_edges!r}")
-    graph = dgl.heterograph(
-        {etype: (torch.from_numpy(s), torch.from_numpy(d)) for etype, (s, d, _) in data.items()},
-        num_nodes_dict={"user": num_users, "item": num_items},
-    )
-    for etype, (_, _, w) in data.items():
-        graph.edges[etype].data["w"] = torch.from_numpy(w)
-        graph.edges[etype].data["norm"] = _normalised(graph, etype, torch.from_numpy(w))
+    if "text" in kinds and text_vectors is not None and cfg.item_knn_k > 0:
+        with stage("text_knn"):
+            if num_items > cfg.knn_exact_max_items:  # exact kNN is I² work: ~15 min at 200k items on 2 cores
+                src, dst, w = knn_cosine_ivf(text_vectors, cfg.item_knn_k)
+            else:
+                src, dst, w = knn_cosine(text_vectors, cfg.item_knn_k, batch_size=cfg.knn_batch_size)
+            data[TEXT_SIM] = symmetrise((src, dst, np.clip(w, 1e-3, None)), cfg.self_loops, num_items)
+    if "cooccur" in kinds and cfg.cooccur_k > 0:
+        with stage("cooccur_edges"):
+            data[COOCCUR] = symmetrise(cooccurrence_topk(x, cfg.cooccur_k), cfg.self_loops, num_items)
+    if cfg.user_edges == "given" and user_edges is not None:
+        with stage("user_edges"):
+            data[SOCIAL] = symmetrise(user_edges, cfg.self_loops, num_users)
+    elif cfg.user_edges == "knn" and cfg.user_knn_k > 0:
+        with stage("user_edges"):
+            data[SOCIAL] = symmetrise(cooccurrence_topk(x.T.tocsr(), cfg.user_knn_k), cfg.self_loops, num_users)
+    with stage("heterograph"):
+        graph = dgl.heterograph(
+            {etype: (torch.from_numpy(s), torch.from_numpy(d)) for etype, (s, d, _) in data.items()},
+            num_nodes_dict={"user": num_users, "item": num_items},
+        )
+        for etype, (_, _, w) in data.items():
+            graph.edges[etype].data["w"] = torch.from_numpy(w)
+            graph.edges[etype].data["norm"] = _normalised(graph, etype, torch.from_numpy(w))
     log.info("graph: %s", {e[1]: graph.num_edges(e) for e in graph.canonical_etypes})
     return graph
 

@@ -47,7 +47,7 @@ def topk_dense(weights: np.ndarray, k: int, positive_only: bool = False) -> Edge
 
 
 def knn_cosine(vectors: np.ndarray, k: int, batch_size: int = 1024, restrict_to: np.ndarray | None = None) -> Edges:
-    """Exact cosine kNN, computed ``batch_size`` rows at a time so memory stays O(batch × I).
+    """Exact cosine kNN, ``batch_size`` rows at a time (fewer for huge catalogues): memory O(batch × I).
 
     ``restrict_to`` (optional boolean mask over items) limits which items may be neighbours.
     """
@@ -58,6 +58,7 @@ def knn_cosine(vectors: np.ndarray, k: int, batch_size: int = 1024, restrict_to:
     if k <= 0:
         return _empty()
     allowed = None if restrict_to is None else torch.from_numpy(np.asarray(restrict_to, dtype=bool))
+    batch_size = max(1, min(batch_size, 50_000_000 // n))  # a (batch, I) block stays under ~200 MB
     srcs, dsts, vals = [], [], []
     for s in range(0, n, batch_size):
         sims = v[s:s + batch_size] @ v.T  # (b, I)
@@ -74,24 +75,186 @@ def knn_cosine(vectors: np.ndarray, k: int, batch_size: int = 1024, restrict_to:
     return src[keep], dst[keep], val[keep].astype(np.float32)
 
 
-def cooccurrence_topk(x: sp.csr_matrix, k: int) -> Edges:
-    """Top-k items by co-interaction count (XᵀX, sparse), per item."""
-    c = (x.T @ x).tocsr()
-    c.setdiag(0)
-    c.eliminate_zeros()
+def knn_cosine_ivf(vectors: np.ndarray, k: int, cells: int | None = None, probe: int = 8,
+                   iterations: int = 8, seed: int = 0, block: int = 50_000_000) -> Edges:
+    """Approximate cosine kNN for huge catalogues (an inverted file, as in FAISS's IVF-Flat).
+
+    k-means splits the items into ``cells`` (√I by default); the items of a cell are compared exactly
+    with every item of the ``probe`` cells whose centroids are nearest its own. Work is about
+    I² · probe / cells instead of I², memory O(block) per step. Deterministic for a seed.
+    """
+    v = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=1)
+    n = v.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return _empty()
+    cells = max(1, min(cells or int(np.sqrt(n)), n))
+    probe = min(probe, cells)
+    gen = torch.Generator().manual_seed(seed)
+    sample = v[torch.randperm(n, generator=gen)[: min(n, 64 * cells)]]
+    centroids = sample[:cells].clone()
+    for _ in range(iterations):  # spherical k-means on a sample
+        assign = (sample @ centroids.T).argmax(1)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
+        filled = torch.bincount(assign, minlength=cells) > 0
+        centroids[filled] = torch.nn.functional.normalize(sums[filled], dim=1)
+    assign = torch.cat([(v[s:s + 65536] @ centroids.T).argmax(1) for s in range(0, n, 65536)])
+    order = torch.argsort(assign, stable=True)
+    bounds = torch.searchsorted(assign[order], torch.arange(cells + 1))
+    near = torch.topk(centroids @ centroids.T, probe, dim=1).indices  # (cells, probe), own cell first
     srcs, dsts, vals = [], [], []
-    for i in range(c.shape[0]):
-        lo, hi = c.indptr[i], c.indptr[i + 1]
-        if hi == lo:
+    for c in range(cells):
+        members = order[bounds[c]:bounds[c + 1]]
+        if len(members) == 0:
             continue
-        cols, data = c.indices[lo:hi], c.data[lo:hi]
-        top = np.argsort(-data, kind="stable")[:k]
-        srcs.append(np.full(len(top), i))
-        dsts.append(cols[top])
-        vals.append(data[top])
+        cand = torch.cat([order[bounds[j]:bounds[j + 1]] for j in near[c].tolist()])
+        kk = min(k, len(cand) - 1)
+        if kk <= 0:
+            continue
+        rows = max(1, block // len(cand))
+        for s in range(0, len(members), rows):
+            q = members[s:s + rows]
+            sims = v[q] @ v[cand].T  # (q, candidates)
+            sims.masked_fill_(q[:, None] == cand[None, :], -float("inf"))
+            val, idx = torch.topk(sims, kk, dim=1)
+            srcs.append(q.repeat_interleave(kk).numpy())
+            dsts.append(cand[idx].reshape(-1).numpy())
+            vals.append(val.reshape(-1).numpy())
+    src, dst, val = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(vals)
+    keep = np.isfinite(val)
+    return src[keep].astype(np.int64), dst[keep].astype(np.int64), val[keep].astype(np.float32)
+
+
+def cooccurrence_topk(x: sp.csr_matrix, k: int, max_block_nnz: int = 20_000_000) -> Edges:
+    """Top-k items by co-interaction count (XᵀX), per item; ties broken by the lower index.
+
+    XᵀX is computed a block of rows at a time, each block sized so its product holds at most about
+    ``max_block_nnz`` entries: memory stays O(block + I·k) rather than O(nnz(XᵀX)), which is near
+    I² for a popular-heavy catalogue.
+    """
+    if k <= 0 or x.shape[1] == 0:
+        return _empty()
+    x = x.tocsr()
+    xt = x.T.tocsr()  # (I, U)
+    user_deg = np.diff(x.indptr).astype(np.int64)
+    # cost of row i of XᵀX (an upper bound on its entries): sum of the degrees of i's users
+    cum = np.r_[0, np.cumsum(user_deg[xt.indices])]
+    cost = cum[xt.indptr[1:]] - cum[xt.indptr[:-1]]
+    srcs, dsts, vals = [], [], []
+    for lo, hi in _blocks(cost, max_block_nnz):
+        c = (xt[lo:hi] @ x).tocoo()  # (b, I) co-occurrence counts of the block's items
+        rows, cols, data = c.row.astype(np.int64) + lo, c.col.astype(np.int64), c.data
+        keep = rows != cols
+        s, d, w = _row_topk(rows[keep], cols[keep], data[keep], k)
+        srcs.append(s)
+        dsts.append(d)
+        vals.append(w)
     if not srcs:
         return _empty()
     return np.concatenate(srcs), np.concatenate(dsts), np.concatenate(vals).astype(np.float32)
+
+
+def _blocks(cost: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges whose summed ``cost`` stays under ``budget`` (one row at least)."""
+    out, lo, acc = [], 0, 0
+    for i, c in enumerate(cost.tolist()):
+        if acc and acc + c > budget:
+            out.append((lo, i))
+            lo, acc = i, 0
+        acc += c
+    if lo < len(cost):
+        out.append((lo, len(cost)))
+    return out
+
+
+def _row_topk(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int) -> Edges:
+    """The k largest ``vals`` of each row of a COO list (ties: lower column first), sorted by row then value."""
+    if len(rows) == 0:
+        return _empty()
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    keep = rank < k
+    return rows[keep], cols[keep], vals[keep].astype(np.float32)
+
+
+def auto_neighbours(num_items: int, work: float = 1.2e8, low: int = 16, high: int = 256) -> int:
+    """Neighbourhood size for :func:`ease_sparse` whose solves cost about ``work`` (I × n² grows with n²)."""
+    return int(np.clip(np.sqrt(work / max(num_items, 1)), low, high))
+
+
+def ease_sparse(x: sp.csr_matrix, lam: float, neighbours: int, gram_k: int | None = None,
+                max_union: int = 2048) -> sp.csr_matrix:
+    """EASE restricted to each item's top-``neighbours`` co-occurrence neighbourhood: a sparse (I, I) head.
+
+    EASE's column k is the ridge regression of item k on the other items, ``b = (G₋ₖ₋ₖ + λI)⁻¹ G₋ₖₖ``
+    with G = XᵀX. Here each column regresses only on N(k), the n items that co-occur most with k,
+    so ``B[N(k), k] = (G_NN + λI)⁻¹ G_Nk``: one small dense solve per item, batched. G_NN is read
+    from XᵀX pruned to each row's top ``gram_k`` entries (default 2n) and symmetrised, so memory is
+    O(I·gram_k + max_union²), never the dense (I, I) inverse. Returns B as CSR, row j = the items
+    history item j reaches (the dense head's orientation).
+    """
+    num_items = x.shape[1]
+    n = max(1, min(neighbours, num_items - 1))
+    gram_k = max(n, gram_k if gram_k is not None else 2 * n)
+    deg = np.asarray(x.sum(0)).ravel().astype(np.float64)  # diag(G), exact
+    src, dst, w = cooccurrence_topk(x, gram_k)  # sorted by src, then decreasing count
+    # an entry kept by either of its two rows is exact, so the symmetric union is a pruned XᵀX
+    g = _symmetric(src, dst, w, num_items)
+    starts = np.searchsorted(src, np.arange(num_items))
+    rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+    keep = rank < n
+    nb = np.full((num_items, n), -1, dtype=np.int64)  # -1 pads items with fewer than n co-occurring items
+    rhs = np.zeros((num_items, n), dtype=np.float64)
+    nb[src[keep], rank[keep]] = dst[keep]
+    rhs[src[keep], rank[keep]] = w[keep]
+    # targets sharing their strongest neighbour go together, so a batch's neighbourhoods overlap
+    order = np.argsort(nb[:, 0], kind="stable")
+    batch = max(1, max_union // n)
+    rows_out, cols_out, vals_out = [], [], []
+    for lo in range(0, num_items, batch):
+        targets = order[lo:lo + batch]
+        sol = _local_solve(g, deg, nb[targets], rhs[targets], lam)  # (b, n)
+        valid = nb[targets] >= 0
+        rows_out.append(nb[targets][valid])
+        cols_out.append(np.broadcast_to(targets[:, None], valid.shape)[valid])
+        vals_out.append(sol[valid])
+    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+    cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
+    vals = np.concatenate(vals_out).astype(np.float32) if vals_out else np.zeros(0, np.float32)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(num_items, num_items))
+
+
+def _symmetric(src: np.ndarray, dst: np.ndarray, w: np.ndarray, n: int) -> sp.csr_matrix:
+    """Symmetric CSR from a top-k list: (a, b) and (b, a) both present, each pair once."""
+    s, d, ww = np.r_[src, dst], np.r_[dst, src], np.r_[w, w].astype(np.float64)
+    key, first = np.unique(s * n + d, return_index=True)
+    return sp.csr_matrix((ww[first], (key // n, key % n)), shape=(n, n))
+
+
+def _local_solve(g: sp.csr_matrix, deg: np.ndarray, nb: np.ndarray, rhs: np.ndarray, lam: float) -> np.ndarray:
+    """Solve (G_NN + λI) b = G_Nk for a batch of targets; nb (b, n) neighbour ids (-1 = padding) → (b, n)."""
+    n = nb.shape[1]
+    valid = nb >= 0
+    union, pos = np.unique(np.where(valid, nb, nb[valid].min(initial=0)), return_inverse=True)
+    pos = pos.reshape(nb.shape)
+    sub = g[union][:, union].toarray()  # (S, S) pruned XᵀX among the batch's neighbours, S ≤ max_union
+    gram = sub[pos[:, :, None], pos[:, None, :]]  # (b, n, n)
+    idx = np.arange(n)
+    gram[:, idx, idx] = np.where(valid, deg[union[pos]] + lam, 1.0)  # padding: identity row, zero rhs → 0
+    gram *= valid[:, :, None] & valid[:, None, :] | np.eye(n, dtype=bool)
+    gram_t = torch.from_numpy(gram)
+    chol, info = torch.linalg.cholesky_ex(gram_t)
+    bad = torch.nonzero(info).squeeze(1)
+    if len(bad):
+        # pruning can leave a few local Grams indefinite; shift their spectrum so ridge stays defined
+        low = torch.linalg.eigvalsh(gram_t[bad])[:, 0]
+        shift = (-low).clamp(min=0) + lam
+        gram_t[bad] += shift[:, None, None] * torch.eye(n, dtype=gram_t.dtype)
+        chol[bad] = torch.linalg.cholesky(gram_t[bad])
+    b = torch.from_numpy(np.where(valid, rhs, 0.0))[..., None]
+    return torch.cholesky_solve(b, chol)[..., 0].numpy()
 
 
 def _empty() -> Edges:

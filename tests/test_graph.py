@@ -94,3 +94,20 @@ def test_knn_batches_agree_with_one_shot():
     a = knn_cosine(v, 5, batch_size=7)
     b = knn_cosine(v, 5, batch_size=1000)
     assert set(zip(a[0].tolist(), a[1].tolist(), strict=True)) == set(zip(b[0].tolist(), b[1].tolist(), strict=True))
+
+
+def test_ivf_knn_probing_every_cell_is_exact_and_graph_uses_it_above_the_limit():
+    from sora.itemsim import knn_cosine, knn_cosine_ivf
+
+    v = _vectors(60, seed=4)
+    exact = knn_cosine(v, 4)
+    full = knn_cosine_ivf(v, 4, cells=5, probe=5)
+    assert set(zip(exact[0].tolist(), exact[1].tolist(), strict=True)) == \
+        set(zip(full[0].tolist(), full[1].tolist(), strict=True))
+    approx = knn_cosine_ivf(v, 4, cells=6, probe=2)
+    assert len(approx[0]) > 0 and (approx[0] != approx[1]).all()
+    users, items, nu, ni = TINY["cold_item"]
+    g = build_graph(users, items, nu, ni, _vectors(ni), GraphConfig(item_knn_k=2, item_edges="text",
+                                                                   knn_exact_max_items=2))
+    edges = _edge_set(g, TEXT_SIM)
+    assert edges and edges == {(b, a) for a, b in edges}

@@ -1,0 +1,210 @@
+"""Training, part 2 of 3: the loop — epochs, losses, early stopping (DESIGN.md §5.5).
+
+Loss: sampled softmax over in-batch negatives with the logQ correction (``train.loss=softmax``) or
+BPR with uniform negatives (``bpr``); optional contrastive regulariser between two edge-dropped graph
+views (``train.contrastive_weight``). AdamW; valid NDCG@10 every ``eval_every`` epochs drives
+:class:`~sora.selection.BestEpoch`. Under torchrun each rank takes its share of every batch and
+gradients are averaged, so every rank ends with the same weights. :func:`fit` freezes the weights
+into the fitted vectors serving uses.
+
+Letters: B batch, U users, I items, L history length, D dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sora.config import SoraConfig, TrainConfig
+from sora.metrics import evaluate_scores
+from sora.model import SoraModel
+from sora.recommender import Recommender
+from sora.selection import BestEpoch
+from sora.training_prep import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: BestEpoch | None = None
+
+
+def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool = True,
+               max_steps: int | None = None) -> LoopResult:
+    """Train ``model`` on ``prep`` until ``train.max_epochs`` or early stopping; loads the best epoch's weights.
+
+    ``max_steps`` (benchmarks) stops each epoch after that many optimiser steps.
+    """
+    tc = cfg.train
+    device = prep.device
+    pu, pi = prep.pairs
+    num_items = prep.split.num_items
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    gen = torch.Generator().manual_seed(tc.seed)
+    rank, world = distributed()
+    split = prep.split
+    candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
+    vu, vi = split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
+    best = BestEpoch(tc)
+    history: list[dict[str, Any]] = []
+    bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0)
+    for epoch in bar:
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(pu), generator=gen)
+        total, steps = 0.0, 0
+        for s in range(0, len(order) - world + 1, tc.batch_size):
+            idx = order[s:s + tc.batch_size][rank::world]  # data parallel: each rank its share of the batch
+            u, i = pu[idx].to(device), pi[idx].to(device)
+            loss = step_loss(model, prep, u, i, num_items, tc, gen)
+            opt.zero_grad()
+            loss.backward()
+            if world > 1:
+                average_gradients(model, world)
+            opt.step()
+            total += float(loss)
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        record = {"epoch": epoch, "loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - t0,
+                  "steps": steps}
+        if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
+            t1 = time.perf_counter()
+            rec = fit(model, prep, None)
+            metrics = evaluate_scores(partial(rec.score_users, alpha=0.0), vu, vi, num_items, (10, 20),
+                                      exclude=prep.x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
+            record.update({f"valid_{k}": v for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "recall@20")})
+            record["eval_seconds"] = time.perf_counter() - t1
+            best.update(epoch, metrics["ndcg@10"], model.state_dict())
+            bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
+        history.append(record)
+        log.debug("epoch %s", record)
+        if best.should_stop(epoch):
+            log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best.epoch, best.metric)
+            break
+    bar.close()
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    return LoopResult(history, best)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) when launched under torchrun with a process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """All-reduce and average gradients, so every rank takes the same optimiser step.
+
+    This is what DistributedDataParallel does after backward; Sora's forward is several calls around
+    one full-graph propagation, so the reduction is done explicitly rather than through DDP's hooks.
+    A parameter a rank did not use this step contributes zeros, keeping every rank in the collective.
+    """
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
+              tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Loss of one batch of (user, item) positives u (B,), i (B,)."""
+    g_user, g_item = model.propagate(prep.graph, prep.text)
+    item_vecs = model.item_vectors(g_item, prep.text)
+    uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
+    if tc.loss == "softmax":
+        # (B, B): in-batch negatives, with the logQ correction for their popularity-biased sampling
+        logits = uv @ item_vecs[i].T / tc.temperature - prep.log_q[i][None, :]
+        same = i[:, None] == i[None, :]
+        logits = logits.masked_fill(same & ~torch.eye(len(i), dtype=torch.bool, device=i.device), -torch.inf)
+        loss = F.cross_entropy(logits, torch.arange(len(i), device=i.device))
+    elif tc.loss == "bpr":
+        neg = torch.randint(0, num_items, (len(i),), generator=gen).to(i.device)
+        loss = -F.logsigmoid((uv * item_vecs[i]).sum(1) - (uv * item_vecs[neg]).sum(1)).mean()
+    else:
+        raise ValueError(f"train.loss must be softmax or bpr, got {tc.loss!r}")
+    if tc.contrastive_weight > 0 and model.graph_encoder is not None and prep.graph is not None:
+        loss = loss + tc.contrastive_weight * contrastive(model, prep, u, i, tc, gen)
+    return loss
+
+
+def batch_user_vectors(model: SoraModel, g_user, g_item, hist, hmask, u, i, gen) -> torch.Tensor:
+    """User vectors for the batch's (user, target) pairs; the target is never among its own history tokens.
+
+    Pairs whose target lies outside the user's history window share one Transformer pass per distinct
+    user (far fewer than pairs); pairs whose target is inside it get their own pass with that token masked.
+    """
+    if model.fusion is None:
+        return g_user[u]
+    anonymous = model.cfg.anonymous_prob > 0 and bool(torch.rand((), generator=gen) < model.cfg.anonymous_prob)
+    inside = ((hist[u] == i[:, None]) & hmask[u]).any(1)
+    out = torch.zeros(len(u), g_user.shape[1], device=g_user.device)
+    rest = torch.nonzero(~inside).squeeze(1)
+    if len(rest):
+        users, back = torch.unique(u[rest], return_inverse=True)
+        shared = model.user_vectors(None if anonymous else g_user[users], hist[users], hmask[users], g_item)
+        out = out.index_copy(0, rest, shared[back])
+    own = torch.nonzero(inside).squeeze(1)
+    if len(own):
+        uo, io = u[own], i[own]
+        mask = hmask[uo] & (hist[uo] != io[:, None])
+        out = out.index_copy(0, own, model.user_vectors(None if anonymous else g_user[uo], hist[uo], mask, g_item))
+    return out
+
+
+def contrastive(model: SoraModel, prep: Prepared, u, i, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """InfoNCE between two edge-dropped views (SGL-style) on the batch's users and items."""
+    graph = prep.graph
+    views = []
+    for _ in range(2):
+        keep = {et: (torch.rand(graph.num_edges(et), generator=gen) >= tc.edge_dropout).float().to(u.device)
+                / (1 - tc.edge_dropout) for et in graph.canonical_etypes}
+        views.append(model.propagate(graph, prep.text, edge_keep=keep))
+
+    def nce(a, b):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        return F.cross_entropy(a @ b.T / tc.temperature, torch.arange(len(a), device=a.device))
+
+    uu, ii = torch.unique(u), torch.unique(i)
+    return nce(views[0][0][uu], views[1][0][uu]) + nce(views[0][1][ii], views[1][1][ii])
+
+
+@torch.no_grad()
+def fit(model: SoraModel, prep: Prepared, ii: sp.csr_matrix | np.ndarray | None) -> Recommender:
+    """Freeze the current weights into fitted vectors (what serving uses), on the CPU."""
+    model.eval()
+    g_user, g_item = model.propagate(prep.graph, prep.text)
+    item_vecs = model.item_vectors(g_item, prep.text)
+    static = prep.static
+    num_users = len(static["user_ids"])
+    users = []
+    for s in range(0, num_users, 4096):
+        b = torch.arange(s, min(s + 4096, num_users), device=g_user.device)
+        users.append(model.user_vectors(g_user[b], prep.hist[b], prep.hmask[b], g_item))
+    cpu_model = copy.deepcopy(model).cpu()
+    cpu_model.graph_encoder = None
+    return Recommender(**{**static, "meta": dict(static["meta"])}, model=cpu_model,
+                       user_vectors=torch.cat(users).cpu(), item_vectors=item_vecs.cpu(), item_tokens=g_item.cpu(),
+                       history=prep.hist.cpu(), history_mask=prep.hmask.cpu(), ii=ii, alpha=0.0,
+                       user_tokens=g_user.cpu())  # lets recent events re-run the Transformer exactly

@@ -1,0 +1,181 @@
+"""The three parts of training (preparation, loop, selection), device choice and the item–item heads."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from sora.config import SoraConfig
+from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
+from sora.selection import ALPHA_GRID, BestEpoch, select_alpha
+from sora.text import HashEncoder
+from sora.train import build_model, prepare, recent_history, resolve_device, train_model
+from sora.training_loop import fit, run_epochs
+from sora.training_prep import check_item_item_head, item_item_head, prepare_training
+from tests.conftest import make_dataset
+
+FAST = ["text.model=hash:16", "model.dim=8", "train.max_epochs=2", "train.batch_size=64", "graph.item_knn_k=3",
+        "model.history_len=4", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = make_dataset(n_users=30, n_items=40)
+    cfg = SoraConfig().with_overrides(FAST)
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+    return ds, cfg, split, emb
+
+
+# ------------------------------------------------------------------------------------------- preparation
+
+def test_recent_history_matches_a_per_user_loop():
+    train = pd.DataFrame({"u": [0, 0, 0, 1, 1, 2, 0], "i": [5, 3, 7, 1, 2, 9, 4], "ts": [1, 3, 3, 5, 4, 0, 2]})
+    hist, mask = recent_history(train, 4, 3)
+    ordered = train.sort_values(["u", "ts", "i"], ascending=[True, False, True], kind="stable")
+    for u in range(4):
+        items = ordered.loc[ordered["u"] == u, "i"].to_numpy()[:3]
+        assert hist[u, : len(items)].tolist() == items.tolist()
+        assert mask[u].sum() == len(items) and not hist[u, len(items):].any()
+    assert hist[0].tolist() == [3, 7, 4]  # newest first; equal timestamps by item index
+
+
+def test_prepared_once_with_timed_stages(tiny):
+    ds, cfg, split, emb = tiny
+    prep = prepare_training(split, emb, ds.items, cfg, torch.device("cpu"))
+    assert (prep.x_train != split.matrix("train")).nnz == 0
+    assert prep.static["train"] is prep.x_train  # one matrix shared by graph, loop, head and the model
+    assert {"matrix", "text_knn", "heterograph", "torch_graph", "history", "item_item_head"} <= set(prep.stages)
+    assert all(r["seconds"] >= 0 and r["peak_rss_mb"] > 0 for r in prep.stages.values())
+    assert prep.hist.shape == (split.num_users, 4) and prep.log_q.shape == (split.num_items,)
+    assert len(prep.pairs[0]) == prep.x_train.nnz
+    assert isinstance(prep.ii, np.ndarray) and prep.ii.shape == (split.num_items,) * 2
+    # reused as is by train_model
+    result = train_model(split, emb, ds.items, cfg, progress=False, prepared=prep)
+    assert result.recommender.ii is prep.ii and result.stages == prep.stages
+
+
+def test_sparse_head_above_ease_max_items(tiny):
+    ds, cfg, split, emb = tiny
+    small = SoraConfig().with_overrides([*FAST, "graph.ease_max_items=10", "graph.ease_neighbours=5"])
+    ii = item_item_head(split.matrix("train"), small.graph)
+    assert sp.issparse(ii) and ii.shape == (split.num_items,) * 2
+    assert (np.diff(ii.tocsc().indptr) <= 5).all()  # at most n weights per target item (column)
+    rec = train_model(split, emb, ds.items, small, progress=False).recommender
+    assert rec.ii is not None and sp.issparse(rec.ii)  # never dropped
+
+
+def test_head_that_cannot_fit_fails_before_training(tiny, monkeypatch):
+    ds, cfg, split, emb = tiny
+    import sora.training_prep as tp
+
+    monkeypatch.setattr(tp, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(ValueError, match="graph.ease_max_items"):
+        check_item_item_head(split.num_items, cfg.graph)
+    with pytest.raises(ValueError, match="graph.ease_max_items"):
+        train_model(split, emb, ds.items, cfg, progress=False)
+
+
+def test_empty_valid_split_is_a_clear_error(tiny):
+    ds, cfg, split, emb = tiny
+    import copy
+
+    empty = copy.copy(split)
+    empty.valid = split.valid.iloc[:0]
+    with pytest.raises(ValueError, match="valid split is empty"):
+        train_model(empty, emb, ds.items, cfg, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- loop
+
+def test_loop_trains_and_keeps_the_best_epoch(tiny):
+    ds, cfg, split, emb = tiny
+    prep = prepare_training(split, emb, ds.items, cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(prep, cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loop = run_epochs(model, prep, cfg, progress=False)
+    assert [h["epoch"] for h in loop.history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and "valid_ndcg@10" in h for h in loop.history)
+    assert loop.best.epoch == 2  # warm-up (5) > max_epochs: only the last epoch is selectable
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    rec = fit(model, prep, None)
+    assert rec.user_vectors.shape == (split.num_users, 8) and rec.user_vectors.device.type == "cpu"
+    one = run_epochs(build_model(prep, cfg), prep, cfg, progress=False, max_steps=1)
+    assert all(h["steps"] == 1 for h in one.history)
+
+
+# ------------------------------------------------------------------------------------------- selection
+
+def test_best_epoch_warmup_and_patience():
+    tc = SoraConfig().with_overrides(["train.warmup_epochs=2", "train.min_epochs=3", "train.patience=2"]).train
+    best = BestEpoch(tc)
+    assert not best.update(1, 0.9, {"w": torch.ones(1)})  # inside warm-up
+    assert best.update(2, 0.5, {"w": torch.zeros(1)})
+    assert not best.update(3, 0.4, {})
+    assert best.epoch == 2 and best.state["w"].item() == 0.0
+    assert not best.should_stop(3) and best.should_stop(4)
+
+
+def test_select_alpha_picks_from_the_grid(tiny):
+    ds, cfg, split, emb = tiny
+    result = train_model(split, emb, ds.items, cfg, progress=False)
+    rec = result.recommender
+    assert len(rec.meta["alpha_grid"]) == len(ALPHA_GRID)
+    assert result.valid["ndcg@10"] == pytest.approx(max(rec.meta["alpha_grid"].values()))
+    rec.ii = None
+    metrics = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, split.matrix("train"))
+    assert "ndcg@10" in metrics
+
+
+# ------------------------------------------------------------------------------------------- device
+
+def test_device_selection_never_crashes(tiny):
+    with pytest.raises(ValueError, match="train.device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="train.device=cuda"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+    ds, cfg, split, emb = tiny
+    rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
+    assert rec.meta["device"]["type"] == "cpu" and rec.meta["device"]["name"]
+
+
+# ------------------------------------------------------------------------------------------- item–item heads
+
+def _random_matrix(nu=60, ni=12, p=0.6, seed=0):
+    rng = np.random.default_rng(seed)
+    dense = rng.random((nu, ni)) < p
+    u, i = np.nonzero(dense)
+    return interaction_matrix(u, i, nu, ni)
+
+
+def test_sparse_ease_with_full_neighbourhoods_is_ease():
+    x = _random_matrix()
+    assert ((x.T @ x).toarray() > 0).all()  # every pair co-occurs, so a full neighbourhood is every item
+    dense = ease_weights(x, 10.0)
+    sparse = ease_sparse(x, 10.0, neighbours=x.shape[1] - 1, gram_k=x.shape[1]).toarray()
+    np.testing.assert_allclose(sparse, dense, atol=1e-5)
+
+
+def test_sparse_ease_small_neighbourhoods_and_padding():
+    x = interaction_matrix(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 3]), 3, 6)  # items 4, 5 never seen
+    b = ease_sparse(x, 1.0, neighbours=1)
+    assert b.shape == (6, 6) and np.isfinite(b.data).all()
+    assert b[:, 4].nnz == 0 and b[:, 5].nnz == 0 and b[3].nnz == 0  # nothing co-occurs with them
+    assert b[1, 0] > 0  # item 0's one neighbour is item 1
+
+
+def test_cooccurrence_blocks_agree_with_one_shot():
+    x = _random_matrix(nu=80, ni=30, p=0.2, seed=5)
+    full = (x.T @ x).toarray()
+    np.fill_diagonal(full, 0)
+    for budget in (1, 50, 10**9):
+        s, d, w = cooccurrence_topk(x, 4, max_block_nnz=budget)
+        np.testing.assert_array_equal(w, full[s, d])
+        for item in range(30):
+            row = full[item]
+            kept = w[s == item]
+            assert len(kept) == min(4, (row > 0).sum())
+            assert (np.sort(kept)[::-1] == np.sort(row)[::-1][: len(kept)]).all()
