@@ -156,6 +156,9 @@ class TrainConfig:
     contrastive_weight: float = 0.0
     edge_dropout: float = 0.1
     num_threads: int = 0  # 0 = torch default
+    #: Sequence-aware training (Protocol T): every training item is a target seen only through the
+    #: ``model.history_len`` items before it in the user's sequence (anonymous user token, no future).
+    causal: bool = False
 
 
 @dataclass

@@ -3,6 +3,13 @@
 Valid is ranked excluding training items, test excluding training and valid items, over the full
 catalogue; in ``cold-item`` mode over the held-out cold items only. Baselines (``mostpop``,
 ``ease``, ``bpr``, ``lightgcn``, ``textknn``) are fitted on the identical training part.
+
+Under ``leave-last-out`` (Protocol T, :mod:`sora.protocol`) every model that takes a history reads the
+whole prefix before the target: the training sequence for valid, plus the valid item for test (Sora
+through :meth:`~sora.recommender.Recommender.score_user_recent`, EASE and recency-EASE through the
+history row, SASRec through its sequence). MostPop, BPR and LightGCN have no history input. The
+sequence baselines ``recency_ease`` (decay tuned on valid) and ``sasrec`` (early-stopped on valid)
+are added to any baseline run on a leave-last-out model.
 """
 
 from __future__ import annotations
@@ -22,6 +29,14 @@ from sora.config import SoraConfig
 from sora.data import DataError, Dataset
 from sora.itemsim import ease_weights
 from sora.metrics import evaluate_scores
+from sora.protocol import (
+    DECAY_GRID,
+    HistoryScoreFn,
+    history_of,
+    recency_ease_scores,
+    sequences,
+    with_histories,
+)
 from sora.recommender import Recommender
 from sora.split import Split, make_split
 from sora.text import ItemEmbeddings
@@ -30,6 +45,9 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("mostpop", "ease", "bpr", "lightgcn")
 COLD_BASELINES = ("mostpop", "textknn")
+#: Baselines that need sequences (``split.mode=leave-last-out``); added to any baseline run there.
+SEQUENCE_BASELINES = ("recency_ease", "sasrec")
+PROTOCOL_T_BASELINES = ("mostpop", "ease", "recency_ease", "sasrec")
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 
 
@@ -41,6 +59,28 @@ def evaluate_split(score_fn: ScoreFn, split: Split, part: str, ks: tuple[int, ..
     df = split.part(part)
     return evaluate_scores(score_fn, df["u"].to_numpy(), df["i"].to_numpy(), split.num_items, ks, exclude,
                            candidates, batch_size)
+
+
+def evaluate_history(fn: HistoryScoreFn, split: Split, part: str, ks: tuple[int, ...],
+                     batch_size: int = 1024) -> dict[str, float]:
+    """Like :func:`evaluate_split`, for a model fed each user's prefix before ``part``'s target (Protocol T)."""
+    return evaluate_split(with_histories(fn, history_of(split, part)), split, part, ks, batch_size)
+
+
+def model_scores(rec: Recommender, split: Split, part: str, alpha: float | None = None) -> ScoreFn:
+    """Sora's score function for ``part``: under leave-last-out, test reads the valid item as a recent event.
+
+    The fitted user vectors already encode the training history (the prefix before the valid target);
+    for the test target the valid item is folded in through :meth:`Recommender.score_user_recent`.
+    """
+    if split.spec.mode != "leave-last-out" or part != "test":
+        return lambda users: rec.score_users(users, alpha)
+    recent = sequences(split, "valid")
+
+    def score(users: np.ndarray) -> torch.Tensor:
+        return torch.stack([rec.score_user_recent(int(u), recent[u].tolist(), alpha) for u in users])
+
+    return score
 
 
 def rebuild_split(rec: Recommender, dataset: Dataset) -> Split:
@@ -66,6 +106,30 @@ def mostpop_scores(x_train: sp.csr_matrix) -> ScoreFn:
 def ease_scores(x_train: sp.csr_matrix, lam: float) -> ScoreFn:
     b = ease_weights(x_train, lam)
     return lambda users: torch.from_numpy(np.asarray(x_train[users] @ b, dtype=np.float32))
+
+
+def tune_recency_ease(b: np.ndarray, split: Split, ks: tuple[int, ...], batch_size: int = 1024,
+                      grid: tuple[float, ...] = DECAY_GRID) -> tuple[float, dict[float, float]]:
+    """The decay with the best valid NDCG@10 (first of equals) and valid NDCG@10 per decay."""
+    valid = {d: evaluate_history(recency_ease_scores(b, d), split, "valid", ks, batch_size)["ndcg@10"] for d in grid}
+    best = max(grid, key=lambda d: (valid[d], -grid.index(d)))
+    return best, valid
+
+
+def sasrec_baseline(split: Split, cfg: SoraConfig, sasrec_cfg=None) -> tuple[HistoryScoreFn, dict[str, Any]]:
+    """SASRec trained on the training sequences, early-stopped on valid NDCG@10; (score fn, fit info)."""
+    from sora.sasrec import SASRecConfig, fit_sasrec
+
+    sc = sasrec_cfg or SASRecConfig(seed=cfg.train.seed)
+    valid_hist = history_of(split, "valid")
+
+    def validate(model) -> float:
+        fn = with_histories(lambda users, hists: model.score(hists), valid_hist)
+        return evaluate_split(fn, split, "valid", (10,), cfg.eval.batch_size)["ndcg@10"]
+
+    res = fit_sasrec(sequences(split, "train"), split.num_items, sc, validate)
+    info = {"valid_ndcg@10": res.best_valid, "best_epoch": res.best_epoch, "epochs_run": len(res.history)}
+    return (lambda users, hists: res.model.score(hists)), info
 
 
 def bpr_scores(x_train: sp.csr_matrix, seed: int, factors: int = 64, iterations: int = 100) -> ScoreFn:
@@ -100,18 +164,44 @@ def lightgcn_config(cfg: SoraConfig) -> SoraConfig:
 
 def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddings: ItemEmbeddings | None = None,
                   items: pd.DataFrame | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
-    """Fit each baseline on the split's training part; return test metrics (plus fit seconds) per baseline."""
+    """Fit each baseline on the split's training part; return test metrics (plus fit seconds) per baseline.
+
+    On a leave-last-out split each also reports ``valid_ndcg@10`` (recency_ease its chosen ``decay``,
+    sasrec its ``best_epoch``); the sequence baselines are skipped, with a warning, on other splits.
+    """
     x_train = split.matrix("train")
+    sequential = split.spec.mode == "leave-last-out"
     out: dict[str, dict[str, Any]] = {}
+    ease_b: list[np.ndarray] = []  # fitted once, shared by ease and recency_ease
+
+    def ease_b_once() -> np.ndarray:
+        if not ease_b:
+            ease_b.append(ease_weights(x_train, cfg.graph.ease_lambda))
+        return ease_b[0]
+
     for name in names:
         start = time.perf_counter()
+        hist_fn: HistoryScoreFn | None = None  # set for models that read the prefix (Protocol T)
+        extra: dict[str, Any] = {}
+        if name in ("ease", "recency_ease") and split.num_items > cfg.graph.ease_max_items:
+            log.warning("%s skipped: %d items > graph.ease_max_items", name, split.num_items)
+            continue
+        if name in SEQUENCE_BASELINES and not sequential:
+            log.warning("%s skipped: it needs split.mode=leave-last-out, not %s", name, split.spec.mode)
+            continue
         if name == "mostpop":
             fn = mostpop_scores(x_train)
+        elif name == "ease" and sequential:
+            hist_fn = recency_ease_scores(ease_b_once(), 1.0)  # decay 1: the binary prefix row, plain EASE
         elif name == "ease":
-            if split.num_items > cfg.graph.ease_max_items:
-                log.warning("ease skipped: %d items > graph.ease_max_items", split.num_items)
-                continue
             fn = ease_scores(x_train, cfg.graph.ease_lambda)
+        elif name == "recency_ease":
+            decay, valid = tune_recency_ease(ease_b_once(), split, cfg.eval.ks, cfg.eval.batch_size)
+            hist_fn = recency_ease_scores(ease_b_once(), decay)
+            extra = {"decay": decay, "valid_ndcg@10": valid[decay]}
+            log.info("recency_ease: valid ndcg@10 by decay %s", {d: round(v, 4) for d, v in valid.items()})
+        elif name == "sasrec":
+            hist_fn, extra = sasrec_baseline(split, cfg)
         elif name == "bpr":
             fn = bpr_scores(x_train, cfg.train.seed)
         elif name == "textknn":
@@ -127,7 +217,15 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
         else:
             raise ValueError(f"unknown baseline {name!r}")
         fit_s = time.perf_counter() - start
-        out[name] = evaluate_split(fn, split, "test", cfg.eval.ks, cfg.eval.batch_size)
+        if hist_fn is not None:
+            out[name] = evaluate_history(hist_fn, split, "test", cfg.eval.ks, cfg.eval.batch_size)
+            if "valid_ndcg@10" not in extra:
+                extra["valid_ndcg@10"] = evaluate_history(hist_fn, split, "valid", (10,), cfg.eval.batch_size)["ndcg@10"]
+        else:
+            out[name] = evaluate_split(fn, split, "test", cfg.eval.ks, cfg.eval.batch_size)
+            if sequential:
+                extra["valid_ndcg@10"] = evaluate_split(fn, split, "valid", (10,), cfg.eval.batch_size)["ndcg@10"]
+        out[name].update(extra)
         out[name]["fit_seconds"] = fit_s
         log.info("baseline %s: test ndcg@10 %.4f (%.1fs)", name, out[name]["ndcg@10"], fit_s)
     return out
@@ -135,11 +233,17 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
 
 def evaluate_model(rec: Recommender, split: Split, cfg: SoraConfig | None = None, baselines: tuple[str, ...] = (),
                    embeddings: ItemEmbeddings | None = None) -> dict[str, Any]:
-    """``{"valid": {...}, "test": {...}, "baselines": {...}}`` (test metrics per baseline)."""
+    """``{"valid": {...}, "test": {...}, "baselines": {...}}`` (test metrics per baseline).
+
+    On a leave-last-out split the sequence baselines join any requested baselines, and Sora's test
+    scores read the valid item as the newest history event (:func:`model_scores`).
+    """
     cfg = cfg or rec.config
+    if baselines and split.spec.mode == "leave-last-out":
+        baselines = tuple(dict.fromkeys((*baselines, *SEQUENCE_BASELINES)))
     report: dict[str, Any] = {
-        "valid": evaluate_split(rec.score_users, split, "valid", cfg.eval.ks, cfg.eval.batch_size),
-        "test": evaluate_split(rec.score_users, split, "test", cfg.eval.ks, cfg.eval.batch_size),
+        "valid": evaluate_split(model_scores(rec, split, "valid"), split, "valid", cfg.eval.ks, cfg.eval.batch_size),
+        "test": evaluate_split(model_scores(rec, split, "test"), split, "test", cfg.eval.ks, cfg.eval.batch_size),
         "split": {"mode": split.spec.mode, "seed": split.spec.seed, "rating_threshold": split.spec.rating_threshold},
         "model": {"alpha": rec.alpha, "best_epoch": rec.meta.get("best_epoch"), "encoder_id": rec.meta.get("encoder_id")},
     }

@@ -7,6 +7,10 @@ rows remain for training). Users with one or two positives therefore only train.
 ``temporal`` cuts each user's time-ordered interactions the same way (last → test).
 ``cold-item`` holds out ``cold_item_ratio`` of the items with every interaction they have; half
 of them are valid-cold, half test-cold, and they exist for the model only through their text.
+``leave-last-out`` is Protocol T (next item): each user's positives in time order, ties kept in input
+row order; a user with three or more gives the last to test and the second-to-last to valid, the rest
+train (fewer than three: all train). Its parts keep that sequence order row by row (user, then time,
+then input row), so :func:`sora.protocol.sequences` reads each user's history straight from them.
 
 Users and items are indexed once here: users in sorted order of the kept interactions, items in the
 order of the ``items`` table (the whole catalogue is ranked, including items nobody rated).
@@ -28,7 +32,7 @@ from sora.data import Dataset, timestamps_to_seconds
 
 log = logging.getLogger(__name__)
 
-MODES = ("random", "temporal", "cold-item")
+MODES = ("random", "temporal", "cold-item", "leave-last-out")
 PARTS = ("train", "valid", "test")
 
 
@@ -111,6 +115,22 @@ def ratio_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, 
     return cnt[0], cnt[1], cnt[2]
 
 
+def leave_last_out_labels(users: np.ndarray, min_positives: int = 3) -> np.ndarray:
+    """Part labels (0 train, 1 valid, 2 test) for rows grouped by user in sequence order.
+
+    A user with ``min_positives`` or more rows gives the last to test and the one before to valid.
+    """
+    n = len(users)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    from_end = np.repeat(starts + sizes, sizes) - 1 - np.arange(n)  # 0 = the user's last row
+    long = np.repeat(sizes >= min_positives, sizes)
+    labels = np.zeros(n, dtype=np.int64)
+    labels[long & (from_end == 1)] = 1
+    labels[long & (from_end == 0)] = 2
+    return labels
+
+
 def _positives(dataset: Dataset, threshold: float | None) -> pd.DataFrame:
     df = dataset.interactions
     keep = pd.Series(True, index=df.index)
@@ -136,11 +156,18 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
         "i": pos["item_id"].map(item_index).to_numpy(np.int64),
         "ts": pos["ts"].to_numpy(float),
     })
-    # A stable base order makes the split independent of the input row order.
-    frame = frame.sort_values(["u", "ts", "i"], kind="stable").reset_index(drop=True)
+    if cfg.mode == "leave-last-out":
+        # Protocol T: time order with ties in input-file order (the row order of the interactions table).
+        frame = frame.iloc[np.lexsort((np.arange(len(frame)), frame["ts"].to_numpy(), frame["u"].to_numpy()))]
+    else:
+        # A stable base order makes the split independent of the input row order.
+        frame = frame.sort_values(["u", "ts", "i"], kind="stable")
+    frame = frame.reset_index(drop=True)
     rng = np.random.default_rng(cfg.seed)
     cold_valid = cold_test = np.zeros(0, dtype=np.int64)
-    if cfg.mode == "cold-item":
+    if cfg.mode == "leave-last-out":
+        part = leave_last_out_labels(frame["u"].to_numpy())
+    elif cfg.mode == "cold-item":
         rated = np.unique(frame["i"].to_numpy())
         n_cold = max(2, int(round(cfg.cold_item_ratio * len(rated))))
         cold = rng.permutation(rated)[:n_cold]

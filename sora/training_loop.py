@@ -68,7 +68,8 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
         for s in range(0, len(order) - world + 1, tc.batch_size):
             idx = order[s:s + tc.batch_size][rank::world]  # data parallel: each rank its share of the batch
             u, i = pu[idx].to(device), pi[idx].to(device)
-            loss = step_loss(model, prep, u, i, num_items, tc, gen)
+            causal = None if prep.pair_hist is None else (prep.pair_hist[idx].to(device), prep.pair_hmask[idx].to(device))
+            loss = step_loss(model, prep, u, i, num_items, tc, gen, causal)
             opt.zero_grad()
             loss.backward()
             if world > 1:
@@ -128,11 +129,19 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
 
 
 def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
-              tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Loss of one batch of (user, item) positives u (B,), i (B,)."""
+              tc: TrainConfig, gen: torch.Generator,
+              causal: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Loss of one batch of (user, item) positives u (B,), i (B,).
+
+    ``causal`` (``train.causal``): each pair's own history (B, L) and mask, the items before its target;
+    the user is then anonymous (the graph user embedding has seen the whole training sequence).
+    """
     g_user, g_item = model.propagate(prep.graph, prep.text)
     item_vecs = model.item_vectors(g_item, prep.text)
-    uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
+    if causal is not None and model.fusion is not None:
+        uv = model.user_vectors(None, causal[0], causal[1], g_item)  # (B, D)
+    else:
+        uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
     if tc.loss == "softmax":
         # (B, B): in-batch negatives, with the logQ correction for their popularity-biased sampling
         logits = uv @ item_vecs[i].T / tc.temperature - prep.log_q[i][None, :]
@@ -198,13 +207,16 @@ def fit(model: SoraModel, prep: Prepared, ii: sp.csr_matrix | np.ndarray | None)
     item_vecs = model.item_vectors(g_item, prep.text)
     static = prep.static
     num_users = len(static["user_ids"])
+    causal = prep.pair_hist is not None and model.fusion is not None
     users = []
     for s in range(0, num_users, 4096):
         b = torch.arange(s, min(s + 4096, num_users), device=g_user.device)
-        users.append(model.user_vectors(g_user[b], prep.hist[b], prep.hmask[b], g_item))
+        users.append(model.user_vectors(None if causal else g_user[b], prep.hist[b], prep.hmask[b], g_item))
     cpu_model = copy.deepcopy(model).cpu()
     cpu_model.graph_encoder = None
+    # Causal models read a user only through the history (anonymous token): without user_tokens the
+    # Recommender re-runs that anonymous pass for recent events, which is then exact.
     return Recommender(**{**static, "meta": dict(static["meta"])}, model=cpu_model,
                        user_vectors=torch.cat(users).cpu(), item_vectors=item_vecs.cpu(), item_tokens=g_item.cpu(),
                        history=prep.hist.cpu(), history_mask=prep.hmask.cpu(), ii=ii, alpha=0.0,
-                       user_tokens=g_user.cpu())  # lets recent events re-run the Transformer exactly
+                       user_tokens=None if causal else g_user.cpu())

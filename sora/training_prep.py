@@ -75,6 +75,9 @@ class Prepared:
     ii: sp.csr_matrix | np.ndarray | None  # (I, I) item–item head, or None when switched off
     static: dict[str, Any]  # the never-changing parts of a fitted Recommender
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: ``train.causal``: (P, L) the L items before each pair's target (newest first) and their mask, CPU
+    pair_hist: torch.Tensor | None = None
+    pair_hmask: torch.Tensor | None = None
 
     @property
     def tensors(self) -> dict[str, torch.Tensor | None]:
@@ -93,6 +96,22 @@ def graph_config(cfg: SoraConfig) -> GraphConfig:
     if not cfg.model.use_user_edges:
         g.user_edges = "none"
     return g
+
+
+def causal_pairs(train: pd.DataFrame, length: int) -> tuple[torch.Tensor, ...]:
+    """Every training row as a (user, target) pair with the ``length`` items before it, newest first.
+
+    Rows are taken in sequence order (user, time; ties keep the split's row order, which is the input
+    order under leave-last-out). Returns u (P,), i (P,), history (P, L) and mask (P, L).
+    """
+    order = np.lexsort((np.arange(len(train)), train["ts"].to_numpy(), train["u"].to_numpy()))
+    u, i = train["u"].to_numpy(np.int64)[order], train["i"].to_numpy(np.int64)[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, dtype=np.int64)
+    pos = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)]))  # index inside the user's sequence
+    back = np.arange(1, length + 1)[None, :]  # (1, L): 1 = the item just before the target
+    mask = back <= pos[:, None]
+    hist = np.where(mask, i[np.clip(np.arange(len(u))[:, None] - back, 0, None)], 0)
+    return (torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(hist.astype(np.int64)), torch.from_numpy(mask))
 
 
 def recent_history(train: pd.DataFrame, num_users: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +220,10 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
             del dgl_graph  # the torch adjacency is all training needs
     with stage("history"):
         hist, hmask = recent_history(split.train, nu, mc.history_len)
+        pair_hist = pair_hmask = None
+        if cfg.train.causal:
+            cu, ci, pair_hist, pair_hmask = causal_pairs(split.train, mc.history_len)
+            pairs = (cu, ci)
     ii = None
     if mc.use_item_item_score:
         with stage("item_item_head"):
@@ -210,7 +233,7 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
     prep = Prepared(split=split, device=device, x_train=x_train, warm=warm,
                     text=text.to(device) if text is not None else None, graph=graph, etypes=etypes,
                     hist=hist.to(device), hmask=hmask.to(device), log_q=log_q.to(device), pairs=pairs, ii=ii,
-                    static=static, stages=stage.records)
+                    static=static, stages=stage.records, pair_hist=pair_hist, pair_hmask=pair_hmask)
     return prep
 
 

@@ -1,8 +1,8 @@
 """Registry against a real `mlflow server` on loopback (SQLite backend) and the promotion rules."""
 
 import subprocess
-import sysconfig
 import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path

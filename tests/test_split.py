@@ -10,7 +10,7 @@ def _pairs(df):
     return set(zip(df["u"], df["i"], df["ts"], strict=True))
 
 
-@pytest.mark.parametrize("mode", ["random", "temporal", "cold-item"])
+@pytest.mark.parametrize("mode", ["random", "temporal", "cold-item", "leave-last-out"])
 def test_parts_are_disjoint_and_cover_positives(tiny_dataset, mode):
     split = make_split(tiny_dataset, SplitConfig(mode=mode))
     tr, va, te = (_pairs(split.part(p)) for p in ("train", "valid", "test"))
@@ -19,7 +19,7 @@ def test_parts_are_disjoint_and_cover_positives(tiny_dataset, mode):
     assert len(tr) + len(va) + len(te) == n_pos
 
 
-@pytest.mark.parametrize("mode", ["random", "temporal", "cold-item"])
+@pytest.mark.parametrize("mode", ["random", "temporal", "cold-item", "leave-last-out"])
 def test_same_seed_same_split_and_row_order_does_not_matter(tiny_dataset, mode):
     a = make_split(tiny_dataset, SplitConfig(mode=mode, seed=7))
     shuffled = tiny_dataset.interactions.sample(frac=1.0, random_state=3)
@@ -50,6 +50,16 @@ def test_temporal_test_is_each_users_latest(tiny_dataset):
     first_test = split.test.groupby("u")["ts"].min()
     common = last_train.index.intersection(first_test.index)
     assert (last_train[common] <= first_test[common]).all()
+
+
+def test_leave_last_out_holds_out_each_users_two_latest(tiny_dataset):
+    # tiny_dataset has no time ties, so input order cannot matter here (tests/test_protocol_t.py covers ties)
+    split = make_split(tiny_dataset, SplitConfig(mode="leave-last-out"))
+    assert split.valid["u"].is_unique and split.test["u"].is_unique
+    assert set(split.valid["u"]) == set(split.test["u"])
+    last_train = split.train.groupby("u")["ts"].max()
+    valid_ts, test_ts = split.valid.set_index("u")["ts"], split.test.set_index("u")["ts"]
+    assert (last_train[valid_ts.index] <= valid_ts).all() and (valid_ts <= test_ts[valid_ts.index]).all()
 
 
 def test_ratio_counts_follow_recbole_rounding():

@@ -1,0 +1,205 @@
+"""Protocol T (leave-last-out, next item) on hand-made data: ties, short users, prefixes, history scoring."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sora.config import SoraConfig, SplitConfig
+from sora.data import Dataset
+from sora.evaluate import (
+    SEQUENCE_BASELINES,
+    ease_scores,
+    evaluate_history,
+    evaluate_split,
+    model_scores,
+    run_baselines,
+)
+from sora.protocol import history_of, recency_ease_scores, recency_matrix, sequences
+from sora.split import Split, leave_last_out_labels, make_split
+
+LLO = SplitConfig(mode="leave-last-out")
+
+
+def hand_dataset() -> Dataset:
+    """a: 4 positives, the last two tied in time (file order i2, i1); b: 2 positives; c: 3 rows, one negative."""
+    rows = [
+        ("a", "i5", 5.0, 10), ("b", "i0", 4.0, 5), ("a", "i3", 4.0, 15),
+        ("a", "i2", 5.0, 20), ("c", "i1", 5.0, 1), ("a", "i1", 4.0, 20),  # a's tie: i2 then i1 in the file
+        ("b", "i4", 5.0, 6), ("c", "i2", 1.0, 2), ("c", "i3", 5.0, 3),
+    ]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(6)], "title": [f"t{k}" for k in range(6)]})
+    return Dataset(inter, items)
+
+
+def _items(split: Split, part: str, user: str) -> list[str]:
+    df = split.part(part)
+    return [split.item_ids[i] for i in df.loc[df["u"] == split.user_ids.index(user), "i"]]
+
+
+def test_last_is_test_second_to_last_valid_ties_in_file_order():
+    split = make_split(hand_dataset(), LLO)
+    assert _items(split, "train", "a") == ["i5", "i3"]
+    assert _items(split, "valid", "a") == ["i2"]  # tie at ts 20: i2 comes first in the file...
+    assert _items(split, "test", "a") == ["i1"]   # ...so i1 is the last item, whatever the item ids say
+
+
+def test_users_with_fewer_than_three_positives_only_train():
+    split = make_split(hand_dataset(), LLO)
+    assert _items(split, "train", "b") == ["i0", "i4"]
+    assert _items(split, "train", "c") == ["i1", "i3"]  # the rating-1 row is not a positive
+    for user in ("b", "c"):
+        assert not _items(split, "valid", user) and not _items(split, "test", user)
+    assert len(split.valid) == len(split.test) == 1
+
+
+def test_labels_vectorised():
+    users = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    assert leave_last_out_labels(users).tolist() == [0, 1, 2, 0, 0, 0, 0, 1, 2]
+    assert leave_last_out_labels(np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+def test_prefixes_are_train_then_valid_in_order_and_survive_save_load(tmp_path):
+    split = make_split(hand_dataset(), LLO)
+    split.save(tmp_path)
+    for s in (split, Split.load(tmp_path)):
+        a = s.user_ids.index("a")
+        valid_hist, test_hist = history_of(s, "valid"), history_of(s, "test")
+        assert [s.item_ids[i] for i in valid_hist[a]] == ["i5", "i3"]
+        assert [s.item_ids[i] for i in test_hist[a]] == ["i5", "i3", "i2"]
+        assert [s.item_ids[i] for i in sequences(s, "train", "valid", "test")[a]] == ["i5", "i3", "i2", "i1"]
+
+
+def test_other_modes_unchanged_by_the_new_mode():
+    ds = hand_dataset()
+    temporal = make_split(ds, SplitConfig(mode="temporal"))
+    # temporal still breaks time ties by item index (its historical order), unlike leave-last-out
+    assert _items(temporal, "train", "a") == ["i5", "i3"]
+    assert _items(temporal, "valid", "a") == ["i1"] and _items(temporal, "test", "a") == ["i2"]
+    assert {p: len(temporal.part(p)) for p in ("train", "valid", "test")} == {"train": 4, "valid": 1, "test": 3}
+
+
+def test_recency_matrix_weights_newest_highest_and_repeats_keep_newest():
+    x = recency_matrix([np.array([3, 1, 3, 2]), np.array([], dtype=np.int64)], 5, 0.5).toarray()
+    assert x[0].tolist() == pytest.approx([0, 0.25, 1.0, 0.5, 0])  # 3 seen at ages 3 and 1 → 0.5**1
+    assert not x[1].any()
+    assert recency_matrix([np.array([4, 0])], 5, 1.0).toarray()[0].tolist() == [1, 0, 0, 0, 1]
+
+
+def test_recency_ease_with_decay_one_is_ease_on_the_prefix():
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(6, 6))
+    hist = [np.array([1, 4, 2])]
+    x = np.zeros((1, 6))
+    x[0, [1, 4, 2]] = 1
+    got = recency_ease_scores(b, 1.0)(np.array([0]), hist)
+    np.testing.assert_allclose(got.numpy(), (x @ b).astype(np.float32), rtol=1e-5)
+
+
+def _next_item_dataset(n_users: int = 12, n_items: int = 10, length: int = 6) -> Dataset:
+    """Each user walks items k, k+1, ... (mod I): the next item always follows the newest one."""
+    rows = [(f"u{u}", f"i{(u + t) % n_items}", 5.0, 100 + t) for u in range(n_users) for t in range(length)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(n_items)], "title": "x"})
+    return Dataset(inter, items)
+
+
+def _follow_newest(split: Split):
+    """A history model that puts the item after the newest history item first."""
+    def score(users, hists):
+        out = torch.zeros(len(users), split.num_items)
+        for r, h in enumerate(hists):
+            nxt = (int(split.item_ids[h[-1]][1:]) + 1) % split.num_items
+            out[r, split.item_ids.index(f"i{nxt}")] = 1.0
+        return out
+    return score
+
+
+def test_scoring_test_reads_the_valid_item_as_history():
+    split = make_split(_next_item_dataset(), LLO)
+    fn = _follow_newest(split)
+    assert evaluate_history(fn, split, "valid", (1,))["hit@1"] == 1.0
+    assert evaluate_history(fn, split, "test", (1,))["hit@1"] == 1.0  # only true if valid is in the prefix
+    stale = lambda users: fn(users, [history_of(split, "valid")[u] for u in users])  # noqa: E731
+    assert evaluate_split(stale, split, "test", (1,))["hit@1"] < 0.5  # its top item is the excluded valid one
+
+
+class FakeRec:
+    """Duck-typed Recommender: records what model_scores asks for."""
+
+    def __init__(self, split):
+        self.split, self.calls = split, []
+
+    def score_users(self, users, alpha=None):
+        return torch.zeros(len(users), self.split.num_items)
+
+    def score_user_recent(self, u, recent, alpha=None):
+        self.calls.append((u, recent, alpha))
+        return torch.zeros(self.split.num_items)
+
+
+def test_model_scores_folds_the_valid_item_in_for_test_only():
+    split = make_split(_next_item_dataset(), LLO)
+    rec = FakeRec(split)
+    model_scores(rec, split, "valid")(np.arange(3))
+    assert rec.calls == []
+    model_scores(rec, split, "test", alpha=0.0)(np.array([2]))
+    assert rec.calls == [(2, [int(split.valid.loc[split.valid["u"] == 2, "i"].iloc[0])], 0.0)]
+    other = make_split(_next_item_dataset(), SplitConfig(mode="temporal"))
+    model_scores(rec, other, "test")(np.array([1]))
+    assert len(rec.calls) == 1  # other modes keep the fitted user vectors
+
+
+def test_baselines_on_leave_last_out():
+    split = make_split(_next_item_dataset(n_users=20, length=8), LLO)
+    cfg = SoraConfig().with_overrides(["split.mode=leave-last-out", "graph.ease_lambda=1"])
+    out = run_baselines(split, cfg, ("mostpop", "ease", "recency_ease"))
+    assert set(out) == {"mostpop", "ease", "recency_ease"}
+    assert out["recency_ease"]["decay"] < 1.0  # on a pure next-item walk, recency must help on valid
+    assert out["recency_ease"]["ndcg@10"] >= out["ease"]["ndcg@10"]
+    for m in out.values():
+        assert 0.0 <= m["ndcg@10"] <= 1.0 and m["fit_seconds"] >= 0
+
+
+def test_sequence_baselines_skip_other_modes(tiny_dataset):
+    split = make_split(tiny_dataset, SplitConfig(mode="random"))
+    assert run_baselines(split, SoraConfig(), SEQUENCE_BASELINES) == {}
+
+
+def test_default_mode_baselines_unchanged(tiny_dataset):
+    split = make_split(tiny_dataset, SplitConfig())
+    cfg = SoraConfig()
+    out = run_baselines(split, cfg, ("mostpop", "ease"))
+    want = evaluate_split(ease_scores(split.matrix("train"), cfg.graph.ease_lambda), split, "test", cfg.eval.ks)
+    assert out["ease"]["ndcg@10"] == want["ndcg@10"] and "valid_ndcg@10" not in out["ease"]
+
+
+def test_causal_pairs_see_only_earlier_items():
+    from sora.training_prep import causal_pairs
+
+    train = pd.DataFrame({"u": [0, 0, 0, 1, 1], "i": [5, 3, 4, 2, 1], "ts": [1.0, 2.0, 2.0, 1.0, 0.0]})
+    u, i, hist, mask = causal_pairs(train, 2)
+    assert u.tolist() == [0, 0, 0, 1, 1] and i.tolist() == [5, 3, 4, 1, 2]  # time order, ties in row order
+    assert hist.tolist() == [[0, 0], [5, 0], [3, 5], [0, 0], [1, 0]]  # newest first, nothing from the future
+    assert mask.tolist() == [[False, False], [True, False], [True, True], [False, False], [True, False]]
+
+
+def test_causal_training_gives_a_history_only_model(tmp_path):
+    from sora.text import HashEncoder
+    from sora.train import prepare, train_model
+    from tests.conftest import make_dataset
+
+    ds = make_dataset(n_users=30, n_items=40, per_user=10)
+    cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "train.max_epochs=2", "train.batch_size=64",
+                                       "model.history_len=4", "split.mode=leave-last-out", "train.causal=true"])
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+    rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
+    assert rec.user_tokens is None  # the user is read only through its history
+    valid_item = int(split.valid["i"].iloc[0])
+    u = int(split.valid["u"].iloc[0])
+    hist = rec.history[u][rec.history_mask[u]].tolist()[::-1]  # oldest first
+    rec.alpha = 0.0  # compare the Transformer paths alone
+    # a known user with a recent event is exactly an anonymous history (no user token to shift)
+    torch.testing.assert_close(rec.score_user_recent(u, [valid_item]), rec.score_history([*hist, valid_item]))
+    assert torch.isfinite(model_scores(rec, split, "test")(np.array([u]))).all()
