@@ -27,7 +27,7 @@ import torch
 
 from sora.buildinfo import build_info
 from sora.config import RegistryConfig, SoraConfig
-from sora.evaluate import evaluate_split, mostpop_scores
+from sora.evaluate import evaluate_split, model_scores, mostpop_scores
 from sora.metrics import metric_name
 from sora.promotion import Decision, decide
 from sora.recommender import Recommender
@@ -340,7 +340,7 @@ def compare(tracking_uri: str, model_name: str, challenger_version: str, rec: Re
     cfg = cfg or RegistryConfig()
     client = _client(tracking_uri, cfg)
     ks = rec.config.eval.ks
-    ch_metrics = evaluate_split(rec.score_users, split, "test", ks)
+    ch_metrics = evaluate_split(model_scores(rec, split, "test"), split, "test", ks)  # protocol-aware
     champ = _version_by_alias(client, model_name, cfg.champion_alias)
     if champ is None or str(champ.version) == str(challenger_version):
         ref = evaluate_split(mostpop_scores(split.matrix("train")), split, "test", ks)
