@@ -1,5 +1,6 @@
 """A real `bentoml serve` process on a loopback port, answered over HTTP (slow tier)."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -37,19 +38,22 @@ def _get(base, path):
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, ""
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or not our server
         return None, ""
 
 
 def _serve(args, env_extra=None):
-    port = free_port()
     env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "sora.cli", "serve", "--port", str(port), *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline and _get(base, "/livez")[0] != 200:
-        time.sleep(0.5)
+    for _ in range(3):  # a free port can be taken by another process before the server binds it
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "sora.cli", "serve", "--port", str(port), *args],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and _get(base, "/livez")[0] != 200:
+            time.sleep(0.5)
+        if proc.poll() is None:
+            return proc, base
     return proc, base
 
 
