@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_section  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- freshness:begin -->", "<!-- freshness:end -->"
@@ -225,13 +226,7 @@ def main(argv=None) -> int:
     section = "\n".join(lines)
     print(section)
     if args.out:
-        text = args.out.read_text()
-        if MARK_BEGIN in text and MARK_END in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + section + rest.split(MARK_END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        args.out.write_text(text)
+        write_section(args.out, MARK_BEGIN, MARK_END, section)
     return 0
 
 
