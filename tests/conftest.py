@@ -78,3 +78,18 @@ def ml100k_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("ml100k")
     fetch_to("movielens-100k", d, cache_dir=default_cache_dir() / "downloads", source="recbole")
     return d
+
+
+def train_tiny_model(out: Path, n_users: int, n_items: int, *, text_dim: int = 8, epochs: int = 1,
+                     knn_k: int = 2, per_user: int = 8) -> Path:
+    """Train a tiny Sora model on :func:`make_dataset` data (hash text encoder, dim 8) and save it at ``out``."""
+    from sora.config import SoraConfig
+    from sora.text import HashEncoder
+    from sora.train import prepare, train_model
+
+    ds = make_dataset(n_users=n_users, n_items=n_items, per_user=per_user)
+    cfg = SoraConfig().with_overrides([f"text.model=hash:{text_dim}", "model.dim=8", f"train.max_epochs={epochs}",
+                                       "train.batch_size=64", "model.history_len=3", f"graph.item_knn_k={knn_k}"])
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(text_dim), progress=False)
+    train_model(split, emb, ds.items, cfg, progress=False).recommender.save(out)
+    return out

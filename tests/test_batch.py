@@ -6,22 +6,13 @@ import pytest
 
 from sora.batch import UnknownUsersError, batch_recommend
 from sora.cli import main
-from sora.config import SoraConfig
 from sora.recommender import Recommender
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
-from tests.conftest import make_dataset
+from tests.conftest import train_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    ds = make_dataset(n_users=25, n_items=30, per_user=8)
-    cfg = SoraConfig().with_overrides(["text.model=hash:8", "model.dim=8", "train.max_epochs=1",
-                                       "train.batch_size=64", "model.history_len=3", "graph.item_knn_k=2"])
-    split, emb = prepare(ds, cfg, encoder=HashEncoder(8), progress=False)
-    out = tmp_path_factory.mktemp("batch") / "model"
-    train_model(split, emb, ds.items, cfg, progress=False).recommender.save(out)
-    return out
+    return train_tiny_model(tmp_path_factory.mktemp("batch") / "model", n_users=25, n_items=30)
 
 
 @pytest.fixture(scope="module")

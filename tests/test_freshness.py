@@ -4,25 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from sora.config import SoraConfig
 from sora.recommender import ModelLoadError, Recommender, UnknownIdError
 from sora.serving_core import BadRequest, Limits, ModelHolder, NotFound, handle, validate
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
-from tests.conftest import make_dataset
+from tests.conftest import train_tiny_model
 
 LIMITS = Limits(max_k=50, max_id_length=16, max_list_length=8, max_body_bytes=4096)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    ds = make_dataset(n_users=24, n_items=36, per_user=8)
-    cfg = SoraConfig().with_overrides(["text.model=hash:8", "model.dim=8", "train.max_epochs=1",
-                                       "train.batch_size=64", "model.history_len=3", "graph.item_knn_k=2"])
-    split, emb = prepare(ds, cfg, encoder=HashEncoder(8), progress=False)
-    out = tmp_path_factory.mktemp("freshness") / "model"
-    train_model(split, emb, ds.items, cfg, progress=False).recommender.save(out)
-    return out
+    return train_tiny_model(tmp_path_factory.mktemp("freshness") / "model", n_users=24, n_items=36)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,11 @@ import torch
 
 from sora import registry
 from sora.cli import main
-from sora.config import SoraConfig
 from sora.items import ItemsError, add_items, remove_items, validate_new_items
 from sora.recommender import Recommender
 from sora.serving_core import Limits, ModelHolder, handle
 from sora.text import HashEncoder
-from sora.train import prepare, train_model
-from tests.conftest import make_dataset
+from tests.conftest import train_tiny_model
 
 LIMITS = Limits()
 
@@ -30,13 +28,7 @@ class CountingEncoder(HashEncoder):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    ds = make_dataset(n_users=30, n_items=42, per_user=8)
-    cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=8", "train.max_epochs=2",
-                                       "train.batch_size=64", "model.history_len=3", "graph.item_knn_k=3"])
-    split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
-    out = tmp_path_factory.mktemp("items") / "model"
-    train_model(split, emb, ds.items, cfg, progress=False).recommender.save(out)
-    return out
+    return train_tiny_model(tmp_path_factory.mktemp("items") / "model", n_users=30, n_items=42, text_dim=16, epochs=2, knn_k=3)
 
 
 @pytest.fixture(scope="module")
