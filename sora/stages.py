@@ -248,8 +248,11 @@ def evaluate(model_uri: str, prepared: Prepared, out_json: str | None = None, ba
              cfg: SoraConfig | None = None, embeddings_uri: str | None = None) -> dict[str, Any]:
     """Full-ranking metrics on the prepared split's test set, beside the baselines on the same split."""
     from sora.evaluate import BASELINES, COLD_BASELINES, evaluate_model
+    from sora.recommender import Recommender
 
-    rec = load_model(model_uri)
+    with storage.local_dir(model_uri) as directory:  # one download serves the load and the hash
+        rec = Recommender.load(directory)
+        digest = _hash_model_dir(directory)
     check_same_data(rec, prepared, model_uri)
     names: tuple[str, ...] = ()
     emb = None
@@ -261,7 +264,7 @@ def evaluate(model_uri: str, prepared: Prepared, out_json: str | None = None, ba
             else:
                 names = tuple(n for n in names if n != "textknn")  # needs the embeddings artifact
     report = evaluate_model(rec, prepared.split, cfg or rec.config, names, emb)
-    report["model_hash"] = model_hash(model_uri)
+    report["model_hash"] = digest
     if out_json:
         storage.write_text(out_json, json.dumps(report, indent=2))
     return report
@@ -274,15 +277,19 @@ HASHED_FILES = ("model.safetensors", "config.json", "items.parquet")
 
 def model_hash(model_uri: str) -> str:
     """sha256 over the model's defining files: identical models, identical hash."""
+    with storage.local_dir(model_uri) as directory:
+        return _hash_model_dir(directory)
+
+
+def _hash_model_dir(directory: Path) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with storage.local_dir(model_uri) as directory:
-        for name in HASHED_FILES:
-            path = directory / name
-            if path.exists():
-                digest.update(name.encode())
-                digest.update(path.read_bytes())
+    for name in HASHED_FILES:
+        path = directory / name
+        if path.exists():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

@@ -265,7 +265,7 @@ def test_pipeline_steps_as_pods_end_with_a_served_champion_whose_artifacts_are_i
     with _env(cluster["pod_env"]), _service_dns(cluster["port"]):
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = ADMIN
         try:
-            client = mlflow.MlflowClient(f"http://{SERVICE}")
+            client = mlflow.MlflowClient(f"http://{SERVICE}", registry_uri=f"http://{SERVICE}")
             mv = client.get_model_version("sora", version)
             run = client.get_run(mv.run_id)
         finally:

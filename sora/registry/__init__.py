@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///.sora/mlflow.db"
 EXPERIMENT = "sora"
 HASH_TAG = "sora.model_hash"
+#: Tracking servers that have answered the preflight in this process (serving polls them every few seconds).
+_ANSWERED: set[str] = set()
 
 
 class RegistryError(Exception):
@@ -98,7 +100,9 @@ def _client(tracking_uri: str, cfg: RegistryConfig | None = None):
         # MLflow's own defaults retry for minutes; bound them (the user can still override by env).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.max_retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(int(cfg.connect_timeout_s * 6), 10)))
-        check_reachable(tracking_uri, cfg)
+        if tracking_uri not in _ANSWERED:  # once per process: later outages surface as MlflowExceptions
+            check_reachable(tracking_uri, cfg)
+            _ANSWERED.add(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
