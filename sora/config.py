@@ -138,7 +138,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    loss: str = "softmax"  # bpr | softmax (sampled softmax with in-batch negatives)
+    loss: str = "softmax"  # bpr | softmax (full softmax over the catalogue, or sampled above the size below)
+    #: ``loss=softmax`` is a full-catalogue softmax cross-entropy up to this many items (the logits are
+    #: batch × items) and a sampled softmax over in-batch negatives with the logQ correction above it.
+    #: 0 = always sampled.
+    full_softmax_max_items: int = 50_000
     max_epochs: int = 80
     batch_size: int = 4096
     lr: float = 1e-2
@@ -483,7 +487,7 @@ _LIMITS: dict[str, str] = {
                      "graph.item_knn_k", "graph.user_knn_k", "graph.cooccur_k", "graph.ease_k", "graph.ease_max_items",
                      "graph.ease_neighbours", "graph.knn_exact_max_items",
                      "model.num_layers", "model.transformer_layers", "train.warmup_epochs", "train.min_epochs",
-                     "train.num_threads", "text.num_threads"], ">=0"),
+                     "train.num_threads", "text.num_threads", "train.full_softmax_max_items"], ">=0"),
     **dict.fromkeys(["text.batch_size", "text.max_seq_length", "graph.knn_batch_size", "model.dim",
                      "model.history_len", "model.transformer_heads", "train.max_epochs", "train.batch_size",
                      "train.patience", "train.eval_every", "eval.ks", "eval.batch_size", "serve.max_k",

@@ -1,7 +1,8 @@
 """Training, part 2 of 3: the loop — epochs, losses, early stopping (DESIGN.md §5.5).
 
-Loss: sampled softmax over in-batch negatives with the logQ correction (``train.loss=softmax``) or
-BPR with uniform negatives (``bpr``); optional contrastive regulariser between two edge-dropped graph
+Loss: softmax cross-entropy over the whole catalogue (``train.loss=softmax``, up to
+``train.full_softmax_max_items`` items; sampled softmax over in-batch negatives with the logQ correction
+above it) or BPR with uniform negatives (``bpr``); optional contrastive regulariser between two edge-dropped graph
 views (``train.contrastive_weight``). AdamW; valid NDCG@10 every ``eval_every`` epochs drives
 :class:`~sora.selection.BestEpoch`. Under torchrun each rank takes its share of every batch and
 gradients are averaged, so every rank ends with the same weights. :func:`fit` freezes the weights
@@ -143,11 +144,7 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
     else:
         uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
     if tc.loss == "softmax":
-        # (B, B): in-batch negatives, with the logQ correction for their popularity-biased sampling
-        logits = uv @ item_vecs[i].T / tc.temperature - prep.log_q[i][None, :]
-        same = i[:, None] == i[None, :]
-        logits = logits.masked_fill(same & ~torch.eye(len(i), dtype=torch.bool, device=i.device), -torch.inf)
-        loss = F.cross_entropy(logits, torch.arange(len(i), device=i.device))
+        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc)
     elif tc.loss == "bpr":
         neg = torch.randint(0, num_items, (len(i),), generator=gen).to(i.device)
         loss = -F.logsigmoid((uv * item_vecs[i]).sum(1) - (uv * item_vecs[neg]).sum(1)).mean()
@@ -156,6 +153,24 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
     if tc.contrastive_weight > 0 and model.graph_encoder is not None and prep.graph is not None:
         loss = loss + tc.contrastive_weight * contrastive(model, prep, u, i, tc, gen)
     return loss
+
+
+def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log_q: torch.Tensor,
+                 tc: TrainConfig) -> torch.Tensor:
+    """Softmax cross-entropy of uv (B, D) against its targets i (B,) among item_vecs (I, D).
+
+    Full catalogue (B, I) logits up to ``train.full_softmax_max_items``; above it, in-batch negatives
+    (B, B) with the logQ correction for their popularity-biased sampling, a target's duplicates in the
+    batch masked. The temperature scales the (B, D) side and logQ rides along as one more column, so
+    the (B, ·) logits are made by a single matmul.
+    """
+    scaled = uv / tc.temperature
+    if len(item_vecs) <= tc.full_softmax_max_items:
+        return F.cross_entropy(scaled @ item_vecs.T, i)
+    ones = torch.ones(len(uv), 1, dtype=uv.dtype, device=uv.device)
+    logits = torch.cat([scaled, ones], 1) @ torch.cat([item_vecs[i], -log_q[i][:, None]], 1).T  # (B, B)
+    dup = (i[:, None] == i[None, :]).fill_diagonal_(False)
+    return F.cross_entropy(logits.masked_fill_(dup, -torch.inf), torch.arange(len(i), device=i.device))
 
 
 def batch_user_vectors(model: SoraModel, g_user, g_item, hist, hmask, u, i, gen) -> torch.Tensor:

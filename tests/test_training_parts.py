@@ -11,7 +11,7 @@ from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interacti
 from sora.selection import ALPHA_GRID, BestEpoch, select_alpha
 from sora.text import HashEncoder
 from sora.train import build_model, prepare, recent_history, resolve_device, train_model
-from sora.training_loop import fit, run_epochs
+from sora.training_loop import fit, run_epochs, softmax_loss
 from sora.training_prep import check_item_item_head, item_item_head, prepare_training
 from tests.conftest import make_dataset
 
@@ -106,6 +106,23 @@ def test_loop_trains_and_keeps_the_best_epoch(tiny):
 
 
 # ------------------------------------------------------------------------------------------- selection
+
+def test_softmax_loss_full_catalogue_and_sampled():
+    g = torch.Generator().manual_seed(0)
+    uv, items = torch.randn(6, 4, generator=g), torch.randn(9, 4, generator=g)
+    i = torch.tensor([1, 3, 3, 0, 8, 1])
+    log_q = torch.log(torch.rand(9, generator=g))
+    tc = SoraConfig().train
+    full = softmax_loss(uv, items, i, log_q, tc)
+    assert torch.allclose(full, torch.nn.functional.cross_entropy(uv @ items.T / tc.temperature, i))
+    # above the threshold: in-batch negatives, logQ-corrected, a target's duplicates masked
+    tc.full_softmax_max_items = 5
+    logits = uv @ items[i].T / tc.temperature - log_q[i][None, :]
+    dup = (i[:, None] == i[None, :]) & ~torch.eye(6, dtype=torch.bool)
+    want = torch.nn.functional.cross_entropy(logits.masked_fill(dup, -torch.inf), torch.arange(6))
+    assert torch.allclose(softmax_loss(uv, items, i, log_q, tc), want, atol=1e-6)
+    assert not torch.allclose(want, full)
+
 
 def test_best_epoch_warmup_and_patience():
     tc = SoraConfig().with_overrides(["train.warmup_epochs=2", "train.min_epochs=3", "train.patience=2"]).train
