@@ -17,6 +17,11 @@ endpoint goes through :class:`sora.serving_core.RequestGuard` (415 / 413 / 400 a
 BentoML parses the body) and :func:`sora.serving_core.handle` (404 for unknown ids, 503 at once
 while no model is loaded). Errors are ``{"error": "..."}``, logged once at WARNING.
 
+The endpoints are ``async``: an answer is a precomputed row read or one small matrix product
+(:meth:`sora.recommender.Recommender.prepare_serving`), well under a millisecond, so it runs on the
+event loop instead of paying a thread hop per request; torch uses ``serve.num_threads`` threads per
+worker (1: scale with ``workers``, not with threads fighting over the same cores).
+
 ``/score`` is not batched across requests: BentoML 1.4 batchable APIs take a single argument, and
 one ``/score`` request already scores a whole list of items in one matrix product.
 """
@@ -29,6 +34,7 @@ import signal
 from typing import Annotated, Any
 
 import bentoml
+import torch
 from pydantic import Field
 
 from sora.config import SoraConfig
@@ -87,6 +93,7 @@ class SoraService:
         self.unknown = Counter("sora_unknown_ids", "Requests naming an unknown user or item id", ["kind"])
         self.version = Gauge("sora_model_version", "Registry version of the served model (0 = local directory)",
                              multiprocess_mode="livemax")
+        torch.set_num_threads(SERVE.num_threads)
         self.holder.start()
 
     def __is_ready__(self) -> bool:
@@ -110,27 +117,32 @@ class SoraService:
         return out
 
     @bentoml.api
-    def recommend(self, ctx: bentoml.Context, user_id: Id, k: K = 10, exclude_seen: bool = True,
-                  fallback: bool = False, recent_item_ids: Recent = None) -> dict:
+    async def recommend(self, ctx: bentoml.Context, user_id: Id, k: K = 10, exclude_seen: bool = True,
+                  fallback: bool = False, recent_item_ids: Recent = None, explain: bool = False) -> dict:
         """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items.
 
         ``recent_item_ids``: the user's events since training, newest last (folded into the history, excluded).
+        ``explain=true``: each item carries ``because``, the history items that drove it, heaviest first.
         """
         return self._answer(ctx, "recommend", user_id=user_id, k=k, exclude_seen=exclude_seen, fallback=fallback,
-                            recent_item_ids=recent_item_ids)
+                            recent_item_ids=recent_item_ids, explain=explain)
 
     @bentoml.api
-    def recommend_from_history(self, ctx: bentoml.Context, item_ids: Ids, k: K = 10) -> dict:
-        """Top-k for an anonymous user from a history of item ids (unknown ids are skipped and listed)."""
-        return self._answer(ctx, "recommend_from_history", item_ids=item_ids, k=k)
+    async def recommend_from_history(self, ctx: bentoml.Context, item_ids: Ids, k: K = 10,
+                                     explain: bool = False) -> dict:
+        """Top-k for an anonymous user from a history of item ids, oldest first (unknown ids are skipped and listed).
+
+        ``explain=true`` as for ``/recommend``.
+        """
+        return self._answer(ctx, "recommend_from_history", item_ids=item_ids, k=k, explain=explain)
 
     @bentoml.api
-    def similar_items(self, ctx: bentoml.Context, item_id: Id, k: K = 10) -> dict:
+    async def similar_items(self, ctx: bentoml.Context, item_id: Id, k: K = 10) -> dict:
         """Items closest to ``item_id`` in Sora's fused item space."""
         return self._answer(ctx, "similar_items", item_id=item_id, k=k)
 
     @bentoml.api
-    def score(self, ctx: bentoml.Context, user_id: Id, item_ids: Ids, recent_item_ids: Recent = None) -> dict:
+    async def score(self, ctx: bentoml.Context, user_id: Id, item_ids: Ids, recent_item_ids: Recent = None) -> dict:
         """Scores of the given items for a user, in the order given (``recent_item_ids`` as for recommend)."""
         return self._answer(ctx, "score", user_id=user_id, item_ids=item_ids, recent_item_ids=recent_item_ids)
 

@@ -200,6 +200,13 @@ class ServeConfig:
     ann_nlist: int = 0  # k-means cells of the index; 0 = 4·sqrt(items)
     ann_nprobe: int = 64  # cells visited per query (recall vs latency)
     ann_candidates: int = 100  # extra candidates asked of the index, then scored exactly
+    #: The service precomputes every known user's score row when users × items is at most this
+    #: (4 bytes each: 20M = 80 MB per replica); above it, rows are computed per request. 0 = never.
+    precompute_max_scores: int = 20_000_000
+    #: history items listed in an explanation's ``because`` (``explain``: true, ``--explain``)
+    explain_items: int = 5
+    #: torch threads per service worker (answers are small: more workers scale better than more threads)
+    num_threads: int = 1
 
 
 @dataclass
@@ -487,7 +494,8 @@ _LIMITS: dict[str, str] = {
                      "graph.item_knn_k", "graph.user_knn_k", "graph.cooccur_k", "graph.ease_k", "graph.ease_max_items",
                      "graph.ease_neighbours", "graph.knn_exact_max_items",
                      "model.num_layers", "model.transformer_layers", "train.warmup_epochs", "train.min_epochs",
-                     "train.num_threads", "text.num_threads", "train.full_softmax_max_items"], ">=0"),
+                     "train.num_threads", "text.num_threads", "train.full_softmax_max_items", "serve.precompute_max_scores"], ">=0"),
+    **dict.fromkeys(["serve.num_threads", "serve.explain_items"], ">=1"),
     **dict.fromkeys(["text.batch_size", "text.max_seq_length", "graph.knn_batch_size", "model.dim",
                      "model.history_len", "model.transformer_heads", "train.max_epochs", "train.batch_size",
                      "train.patience", "train.eval_every", "eval.ks", "eval.batch_size", "serve.max_k",

@@ -108,6 +108,9 @@ class Recommender:
         self.model.eval()
         pop = np.asarray(self.seen.sum(0)).ravel()
         self.popularity = torch.from_numpy(pop.astype(np.float32))
+        self._scores: torch.Tensor | None = None  # (U, I) known users' score rows, see prepare_serving
+        self._unit_items: torch.Tensor | None = None
+        self._ii_dense: torch.Tensor | None = None
 
     @property
     def num_users(self) -> int:
@@ -125,6 +128,35 @@ class Recommender:
             return torch.zeros(x.shape[0], self.num_items)
         out = x @ self.ii
         return torch.from_numpy(np.asarray(out.todense() if sp.issparse(out) else out, dtype=np.float32))
+
+    def _row(self, m: sp.csr_matrix, u: int) -> np.ndarray:
+        """Column indices of row ``u`` of a CSR matrix, without building a sparse row."""
+        return m.indices[m.indptr[u]:m.indptr[u + 1]]
+
+    def _ii_history(self, items: np.ndarray) -> torch.Tensor:
+        """(I,) the item–item head for one binary history (item indices, no repeats)."""
+        if self._ii_dense is not None:
+            return self._ii_dense[torch.as_tensor(items, dtype=torch.long)].sum(0)
+        x = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items)), items)), shape=(1, self.num_items))
+        return self._ii_scores(x)[0]
+
+    def prepare_serving(self, max_scores: int = 20_000_000) -> Recommender:
+        """Precompute what does not change between requests (the service calls this once per load).
+
+        Unit-norm item vectors (``similar_items``), a dense item–item head as a tensor (a history's head
+        scores are then a row sum), and, when there is no approximate index and users × items ≤
+        ``max_scores``, every known user's score row: ``/recommend`` and ``/score`` then read a row
+        instead of recomputing it. Exact: the same numbers as without. Returns ``self``.
+        """
+        with torch.no_grad():
+            self._unit_items = torch.nn.functional.normalize(self.item_vectors, dim=1)
+            if isinstance(self.ii, np.ndarray):
+                self._ii_dense = torch.from_numpy(np.ascontiguousarray(self.ii, dtype=np.float32))
+            if self.ann is None and self.num_users * self.num_items <= max_scores:
+                step = max(1, 1_000_000 // max(self.num_items, 1))
+                self._scores = torch.cat([self.score_users(np.arange(s, min(s + step, self.num_users)))
+                                          for s in range(0, self.num_users, step)])
+        return self
 
     def score_users(self, users: np.ndarray, alpha: float | None = None) -> torch.Tensor:
         """(B,) user indices → (B, I) scores."""
@@ -162,15 +194,14 @@ class Recommender:
     def score_user_recent(self, u: int, recent: list[int], alpha: float | None = None) -> torch.Tensor:
         """(I,) scores for user ``u`` with ``recent`` item indices (events since training, oldest first)."""
         if not recent:
+            if self._scores is not None and (alpha is None or alpha == self.alpha):
+                return self._scores[u]
             return self.score_users(np.array([u]), alpha)[0]
         alpha = self.alpha if alpha is None else alpha
         s = self.user_vectors_with(u, recent) @ self.item_vectors.T
         if alpha and self.ii is not None:
-            row = self.train[u].tocsr().copy()
-            extra = sp.csr_matrix((np.ones(len(recent), np.float32), (np.zeros(len(recent)), recent)),
-                                  shape=(1, self.num_items))
-            x = row.maximum(extra)  # a recent repeat of a training item counts once, like the training matrix
-            s = s + alpha * self._ii_scores(x)[0]
+            # a recent repeat of a training item counts once, like the training matrix
+            s = s + alpha * self._ii_history(np.union1d(self._row(self.train, u), recent))
         return s
 
     @torch.no_grad()
@@ -197,11 +228,9 @@ class Recommender:
     @torch.no_grad()
     def score_history(self, items: list[int]) -> torch.Tensor:
         """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
-        s = (self.history_vector(items)[None] @ self.item_vectors.T)[0]
+        s = self.item_vectors @ self.history_vector(items)
         if self.alpha and self.ii is not None:
-            x = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items)), items)), shape=(1, self.num_items))
-            x.data[:] = 1.0
-            s = s + self.alpha * self._ii_scores(x)[0]
+            s = s + self.alpha * self._ii_history(np.unique(items))
         return s
 
     # ------------------------------------------------------------------ id-level API
@@ -219,31 +248,46 @@ class Recommender:
             raise UnknownIdError(f"unknown item_id {item_id!r}") from None
 
     def _results(self, scores: torch.Tensor, k: int, exclude: np.ndarray | None = None) -> list[dict[str, Any]]:
-        scores = scores.clone()
+        """Top-k of an (I,) score vector (not modified); ``exclude``d items (set to -inf) are left out."""
         if exclude is not None and len(exclude):
-            scores[torch.as_tensor(exclude, dtype=torch.long)] = -torch.inf
-        k = max(0, min(k, int(torch.isfinite(scores).sum())))
-        top = torch.topk(scores, k)
-        return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(v)}
-                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+            scores = scores.index_fill(0, torch.as_tensor(exclude, dtype=torch.long), -torch.inf)
+        top = torch.topk(scores, max(0, min(k, self.num_items)))
+        return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": v}
+                for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True) if v > -np.inf]
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True,
-                  recent_item_ids: list[str] | None = None) -> list[dict[str, Any]]:
+                  recent_item_ids: list[str] | None = None, explain: bool = False) -> list[dict[str, Any]]:
         """Top-k items for a known user (items the user already interacted with excluded by default).
 
         ``recent_item_ids``: events since training (newest last), folded into the user's history for the
         Transformer and the item–item head and, with ``exclude_seen``, excluded like training items.
+        ``explain``: each item also gets ``because``, the history items that drove it (:mod:`sora.explain`).
         Unknown ids raise :class:`UnknownIdError`; duplicates raise ``ValueError``.
         """
         u = self._user(user_id)
         recent = self._recent(recent_item_ids)
-        exclude = np.r_[self.seen[u].indices, np.asarray(recent, dtype=np.int64)] if exclude_seen else None
+        exclude = np.r_[self._row(self.seen, u), np.asarray(recent, dtype=np.int64)] if exclude_seen else None
         if self.ann is not None:
-            history = np.r_[self.train[u].indices, np.asarray(recent, dtype=np.int64)].astype(np.int64)
-            return self._ann_results(self.user_vectors_with(u, recent), history, k, exclude)
-        with torch.no_grad():
-            scores = self.score_user_recent(u, recent)
-        return self._results(scores, k, exclude)
+            history = np.r_[self._row(self.train, u), np.asarray(recent, dtype=np.int64)].astype(np.int64)
+            out = self._ann_results(self.user_vectors_with(u, recent), history, k, exclude)
+        else:
+            with torch.no_grad():
+                out = self._results(self.score_user_recent(u, recent), k, exclude)
+        if explain:
+            newest_first = list(reversed(recent)) + self.history[u][self.history_mask[u]].tolist()
+            token = None if self.user_tokens is None else self.user_tokens[u]
+            self._explain(out, newest_first, np.union1d(self._row(self.train, u), recent), token)
+        return out
+
+    def _explain(self, results: list[dict[str, Any]], newest_first: list[int], history: np.ndarray,
+                 user_token: torch.Tensor | None) -> None:
+        """Add ``because`` to each result (in place): its ``serve.explain_items`` heaviest history items."""
+        from sora.explain import attributions, because
+
+        targets = [self.item_index[r["item_id"]] for r in results]
+        items, weights = attributions(self, newest_first, history, targets, user_token)
+        for r, b in zip(results, because(self, items, weights, self.config.serve.explain_items), strict=True):
+            r["because"] = b
 
     @torch.no_grad()
     def _ann_results(self, user: torch.Tensor, history: np.ndarray, k: int,
@@ -290,22 +334,31 @@ class Recommender:
         ex = np.array([self.item_index[i] for i in exclude or [] if i in self.item_index], dtype=np.int64)
         return self._results(self.popularity, k, ex)
 
-    def recommend_from_history(self, item_ids: list[str], k: int = 10) -> tuple[list[dict[str, Any]], list[str]]:
-        """Top-k for an anonymous user from a history of item ids. Returns (items, ignored unknown ids)."""
+    def recommend_from_history(self, item_ids: list[str], k: int = 10,
+                               explain: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+        """Top-k for an anonymous user from a history of item ids (oldest first). Returns (items, ignored unknown ids).
+
+        ``explain`` as in :meth:`recommend`.
+        """
         known = [self.item_index[str(i)] for i in item_ids if str(i) in self.item_index]
         ignored = [str(i) for i in item_ids if str(i) not in self.item_index]
         if not known:
             raise UnknownIdError(f"none of the history's item ids is known: {ignored[:5]}")
         if self.ann is not None:
-            return self._ann_results(self.history_vector(known), np.asarray(known, dtype=np.int64), k,
-                                     np.array(known)), ignored
-        return self._results(self.score_history(known), k, np.array(known)), ignored
+            out = self._ann_results(self.history_vector(known), np.asarray(known, dtype=np.int64), k, np.array(known))
+        else:
+            with torch.no_grad():
+                out = self._results(self.score_history(known), k, np.array(known))
+        if explain:
+            self._explain(out, list(reversed(known)), np.unique(known), None)
+        return out, ignored
 
     def similar_items(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
         """Items whose fused vectors are closest (cosine) to ``item_id``'s."""
         i = self._item(item_id)
-        v = torch.nn.functional.normalize(self.item_vectors, dim=1)
-        return self._results(v @ v[i], k, np.array([i]))
+        v = self._unit_items if self._unit_items is not None else torch.nn.functional.normalize(self.item_vectors, dim=1)
+        with torch.no_grad():
+            return self._results(v @ v[i], k, np.array([i]))
 
     def score(self, user_id: str, item_ids: list[str],
               recent_item_ids: list[str] | None = None) -> list[dict[str, Any]]:

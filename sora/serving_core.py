@@ -178,6 +178,7 @@ class ModelHolder:
                     from sora.recommender import Recommender
 
                     rec = Recommender.load(uri)
+                rec.prepare_serving(rec.config.serve.precompute_max_scores)
                 name = name or rec.config.registry.model_name
                 previous = self.current.version if self.current else None
                 self.current = Loaded(rec, name, version)  # the swap: one reference assignment
@@ -284,8 +285,9 @@ _OPTIONAL = object()  # no default: left out of the checked arguments unless the
 #: endpoint -> {field: (check, default)}; the one description of what each endpoint accepts.
 ENDPOINTS: dict[str, dict[str, tuple[Callable[[str, Any, Limits], Any], Any]]] = {
     "recommend": {"user_id": (_id, _REQUIRED), "k": (_k, 10), "exclude_seen": (_flag, True),
-                  "fallback": (_flag, False), "recent_item_ids": (_recent_ids, _OPTIONAL)},
-    "recommend_from_history": {"item_ids": (_ids, _REQUIRED), "k": (_k, 10)},
+                  "fallback": (_flag, False), "recent_item_ids": (_recent_ids, _OPTIONAL),
+                  "explain": (_flag, False)},
+    "recommend_from_history": {"item_ids": (_ids, _REQUIRED), "k": (_k, 10), "explain": (_flag, False)},
     "similar_items": {"item_id": (_id, _REQUIRED), "k": (_k, 10)},
     "score": {"user_id": (_id, _REQUIRED), "item_ids": (_ids, _REQUIRED),
               "recent_item_ids": (_recent_ids, _OPTIONAL)},
@@ -344,11 +346,12 @@ def _check_recent(loaded: Loaded, recent_item_ids: list[str]) -> None:
 
 
 def recommend(loaded: Loaded, user_id: str, k: int = 10, exclude_seen: bool = True,
-              fallback: bool = False, recent_item_ids: list[str] | None = None) -> dict[str, Any]:
+              fallback: bool = False, recent_item_ids: list[str] | None = None, explain: bool = False) -> dict[str, Any]:
     """Top-k for a known user; an unknown one gets popular items if ``fallback``, else :class:`NotFound`.
 
     ``recent_item_ids`` (events since training, newest last) are folded into the user's history and
     excluded from the results; nothing is stored, so every replica answers the same request alike.
+    ``explain``: each item carries ``because`` (:mod:`sora.explain`); popular fallback items have none.
     """
     recent = list(recent_item_ids or [])
     _check_recent(loaded, recent)
@@ -356,15 +359,16 @@ def recommend(loaded: Loaded, user_id: str, k: int = 10, exclude_seen: bool = Tr
         if not fallback:
             raise _unknown_user(user_id, fallback_hint=True)
         return _envelope(loaded, loaded.rec.recommend_popular(k, exclude=recent), fallback=True)
-    return _envelope(loaded, loaded.rec.recommend(user_id, k=k, exclude_seen=exclude_seen, recent_item_ids=recent))
+    return _envelope(loaded, loaded.rec.recommend(user_id, k=k, exclude_seen=exclude_seen, recent_item_ids=recent,
+                                                  explain=explain))
 
 
-def recommend_from_history(loaded: Loaded, item_ids: list[str], k: int = 10) -> dict[str, Any]:
+def recommend_from_history(loaded: Loaded, item_ids: list[str], k: int = 10, explain: bool = False) -> dict[str, Any]:
     """Top-k from a history; unknown ids are skipped and listed, a history of only unknown ids is 404."""
     from sora.recommender import UnknownIdError
 
     try:
-        items, ignored = loaded.rec.recommend_from_history(item_ids, k=k)
+        items, ignored = loaded.rec.recommend_from_history(item_ids, k=k, explain=explain)
     except UnknownIdError:
         raise NotFound(f"item_ids: none of the {len(item_ids)} item ids is known "
                        f"(first: {clip(item_ids[0])})", "item") from None

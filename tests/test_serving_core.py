@@ -5,10 +5,12 @@ import json
 import re
 import socket
 
+import numpy as np
 import pytest
 
 from sora.cli.serve import port_problem
 from sora.config import SoraConfig
+from sora.recommender import Recommender
 from sora.serving_core import (
     ENDPOINTS,
     BadRequest,
@@ -65,6 +67,33 @@ def test_every_endpoint_answers_with_the_contract(holder, model_dir):
     assert [i["item_id"] for i in out["items"]] == ["i3", "i4"]
     out = handle(holder, "recommend", {"user_id": "nobody", "k": 2, "fallback": True}, LIMITS)
     assert out["fallback"] is True and len(out["items"]) == 2
+
+
+def test_serving_precompute_gives_the_same_answers(model_dir):
+    """The service's precomputed rows, unit vectors and dense head change speed, not answers."""
+    plain = Recommender.load(model_dir)
+    fast = Recommender.load(model_dir).prepare_serving()
+    assert fast._scores is not None and fast._ii_dense is not None
+    assert Recommender.load(model_dir).prepare_serving(max_scores=10)._scores is None  # over the budget
+
+    def same(a, b):
+        assert [x["item_id"] for x in a] == [x["item_id"] for x in b]
+        assert np.allclose([x["score"] for x in a], [x["score"] for x in b], atol=1e-5)
+
+    items = plain.item_ids
+    for u in plain.user_ids[:6]:
+        same(plain.recommend(u, k=7), fast.recommend(u, k=7))
+        same(plain.recommend(u, k=7, exclude_seen=False), fast.recommend(u, k=7, exclude_seen=False))
+        same(plain.recommend(u, k=7, recent_item_ids=items[3:6]), fast.recommend(u, k=7, recent_item_ids=items[3:6]))
+        same(plain.score(u, items[:5], recent_item_ids=items[7:9]), fast.score(u, items[:5], recent_item_ids=items[7:9]))
+        same(plain.score(u, items[:5]), fast.score(u, items[:5]))
+    same(plain.recommend_from_history(items[2:6], k=5)[0], fast.recommend_from_history(items[2:6], k=5)[0])
+    same(plain.similar_items(items[1], k=5), fast.similar_items(items[1], k=5))
+    # k above what is left after exclusions: only real items, never an excluded one at -inf
+    u = plain.user_ids[0]
+    out = fast.recommend(u, k=len(items))
+    assert len(out) == len(items) - len(plain._row(plain.seen, 0))
+    assert all(np.isfinite(x["score"]) for x in out)
 
 
 def test_numeric_ids_are_read_as_strings(holder):

@@ -110,20 +110,32 @@ def cmd_recommend(args) -> int:
     from sora import stages
 
     rec = stages.load_model(str(args.model))
+    if args.explain and args.similar_to:
+        raise ValueError("--explain explains a user's or a history's recommendations, not --similar-to")
     if args.history:
-        items, ignored = rec.recommend_from_history(args.history.split(","), k=args.k)
+        items, ignored = rec.recommend_from_history(args.history.split(","), k=args.k, explain=args.explain)
         if ignored:
             print(f"ignored unknown item ids: {', '.join(ignored)}")
     elif args.similar_to:
         items = rec.similar_items(args.similar_to, k=args.k)
     else:
-        items = rec.recommend(args.user, k=args.k, exclude_seen=not args.include_seen)
+        items = rec.recommend(args.user, k=args.k, exclude_seen=not args.include_seen, explain=args.explain)
     if args.json:
         print(json.dumps(items, indent=2))
         return EXIT_OK
-    for rank, it in enumerate(items, 1):
-        print(f"{rank:>3}. {it['title'] or it['item_id']}  (item {it['item_id']}, score {it['score']:.4f})")
+    print(format_recommendations(items, rec.titles))
     return EXIT_OK
+
+
+def format_recommendations(items: list[dict], titles: dict[str, str]) -> str:
+    """Ranked lines; with explanations, each item's ``because`` items indented beneath it."""
+    lines = []
+    for rank, it in enumerate(items, 1):
+        lines.append(f"{rank:>3}. {it['title'] or it['item_id']}  (item {it['item_id']}, score {it['score']:.4f})")
+        for b in it.get("because", []):
+            lines.append(f"       because of {titles.get(b['item_id']) or b['item_id']}  "
+                         f"(item {b['item_id']}, weight {b['weight']:+.4f})")
+    return "\n".join(lines)
 
 
 def add_parser(sub) -> None:
@@ -162,5 +174,7 @@ def add_parser(sub) -> None:
     who.add_argument("--similar-to", help="item id")
     p.add_argument("-k", type=positive_int, default=10, help="number of items (>= 1)")
     p.add_argument("--include-seen", action="store_true", help="do not exclude the user's known items")
+    p.add_argument("--explain", action="store_true", help="list under each item the history items that drove it "
+                   "(their weight: item–item head share + the score change without them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
