@@ -15,6 +15,7 @@ and it is reached in the graph through item↔item text edges.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sora.config import ModelConfig
@@ -54,9 +55,50 @@ class HistoryFusion(nn.Module):
             user_token = self.anonymous.expand(b, d)
         tokens = torch.cat([user_token[:, None, :], items], dim=1)  # (B, L+1, D)
         tokens = tokens + self.position.weight[: n_hist + 1][None]
-        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], dim=1)
-        out = self.encoder(tokens, src_key_padding_mask=pad)  # (B, L+1, D)
+        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)  # (B, L+1)
+        if not self.training and not torch.is_grad_enabled():
+            return self._infer(tokens, keep) + user_token
+        out = self.encoder(tokens, src_key_padding_mask=~keep)  # (B, L+1, D)
         return self.out(out[:, 0]) + user_token  # residual keeps the graph signal
+
+    def _infer(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The encoder's eval-mode forward, token 0's output normalised; the same numbers as ``self.encoder``.
+
+        Serving calls this once per request with a handful of tokens, where ``nn.TransformerEncoder``'s
+        per-call checks cost more than the arithmetic: here, positions no row uses are dropped, the
+        layers run as plain functional ops, and attention skips padded keys through a boolean mask.
+        """
+        cols = keep.any(0)
+        if not bool(cols.all()):
+            tokens, keep = tokens[:, cols], keep[:, cols]
+        attn_mask = None if bool(keep.all()) else keep[:, None, None, :]  # (B, 1, 1, S): True = attend
+        x = tokens
+        for layer in self.encoder.layers:
+            if layer.norm_first:
+                x = x + self._attend(layer, _norm(layer.norm1, x), attn_mask)
+                x = x + self._feed_forward(layer, _norm(layer.norm2, x))
+            else:
+                x = _norm(layer.norm1, x + self._attend(layer, x, attn_mask))
+                x = _norm(layer.norm2, x + self._feed_forward(layer, x))
+        return _norm(self.out, x[:, 0])
+
+    @staticmethod
+    def _attend(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        sa = layer.self_attn
+        b, s, d = x.shape
+        h = sa.num_heads
+        q, k, v = F.linear(x, sa.in_proj_weight, sa.in_proj_bias).view(b, s, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, S, D/H)
+        return F.linear(out.transpose(1, 2).reshape(b, s, d), sa.out_proj.weight, sa.out_proj.bias)
+
+    @staticmethod
+    def _feed_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(layer.activation(F.linear(x, layer.linear1.weight, layer.linear1.bias)),
+                        layer.linear2.weight, layer.linear2.bias)
+
+
+def _norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 class SoraModel(nn.Module):

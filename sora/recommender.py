@@ -180,13 +180,15 @@ class Recommender:
         L = self.config.model.history_len
         old = self.history[u][self.history_mask[u]].tolist()  # newest first
         new = (list(reversed(recent)) + old)[:L]
+        if self.user_tokens is not None:
+            hist = torch.as_tensor(new, dtype=torch.long)[None]  # (1, n ≤ L): no padding to mask
+            return self.model.user_vectors(self.user_tokens[u][None], hist, torch.ones_like(hist, dtype=torch.bool),
+                                           self.item_tokens)[0]
         hist = torch.zeros(2, L, dtype=torch.long)
         mask = torch.zeros(2, L, dtype=torch.bool)
         for row, seq in enumerate((new, old)):
             hist[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = True
-        if self.user_tokens is not None:
-            return self.model.user_vectors(self.user_tokens[u][None], hist[:1], mask[:1], self.item_tokens)[0]
         anon = self.model.user_vectors(None, hist, mask, self.item_tokens)  # (2, D): new and old history
         return self.user_vectors[u] + anon[0] - anon[1]
 
@@ -217,13 +219,9 @@ class Recommender:
     @torch.no_grad()
     def history_vector(self, items: list[int]) -> torch.Tensor:
         """(D,) the vector of an anonymous user whose history is ``items`` (oldest first)."""
-        L = self.config.model.history_len
-        recent = items[-L:]
-        hist = torch.zeros(1, L, dtype=torch.long)
-        mask = torch.zeros(1, L, dtype=torch.bool)
-        hist[0, : len(recent)] = torch.as_tensor(recent[::-1])
-        mask[0, : len(recent)] = True
-        return self.model.user_vectors(None, hist, mask, self.item_tokens)[0]
+        recent = items[-self.config.model.history_len:]
+        hist = torch.as_tensor(recent[::-1], dtype=torch.long)[None]  # (1, n ≤ L): no padding to mask
+        return self.model.user_vectors(None, hist, torch.ones_like(hist, dtype=torch.bool), self.item_tokens)[0]
 
     @torch.no_grad()
     def score_history(self, items: list[int]) -> torch.Tensor:

@@ -226,7 +226,8 @@ def test_guard_passes_checked_requests_on_re_encoded():
     status, payload, seen = _call_guard("/recommend", body, {"content-type": "application/json",
                                                             "content-length": str(len(body))})
     assert status == 200 and payload == b"ok"
-    assert json.loads(seen["body"]) == {"user_id": "12", "k": 2, "exclude_seen": True, "fallback": False}
+    assert json.loads(seen["body"]) == {"user_id": "12", "k": 2, "exclude_seen": True, "fallback": False,
+                                       "explain": False}
     assert seen["headers"][b"content-length"] == str(len(seen["body"])).encode()
 
 
@@ -297,10 +298,10 @@ def service(model_dir):
 
 def test_service_methods_are_thin_over_handle(service, model_dir):
     ctx = _Ctx()
-    out = service.recommend(ctx=ctx, user_id="u1", k=3)
+    out = asyncio.run(service.recommend(ctx=ctx, user_id="u1", k=3))
     assert len(out["items"]) == 3 and out["model"]["version"] == content_version(model_dir)
-    assert service.score(ctx=ctx, user_id="u1", item_ids=["i1"])["items"][0]["item_id"] == "i1"
-    out = service.similar_items(ctx=ctx, item_id="nope")
+    assert asyncio.run(service.score(ctx=ctx, user_id="u1", item_ids=["i1"]))["items"][0]["item_id"] == "i1"
+    out = asyncio.run(service.similar_items(ctx=ctx, item_id="nope"))
     assert ctx.response.status_code == 404 and set(out) == {"error"} and "item_id" in out["error"]
 
 
