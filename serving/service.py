@@ -28,6 +28,7 @@ one ``/score`` request already scores a whole list of items in one matrix produc
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from typing import Annotated, Any
 import bentoml
 import torch
 from pydantic import Field
+from starlette.responses import Response
 
 from sora.config import SoraConfig
 from sora.serving_core import (
@@ -102,8 +104,15 @@ class SoraService:
             self.version.set(float(loaded.version) if loaded.version.isdigit() else 0.0)
         return loaded is not None
 
-    def _answer(self, ctx: bentoml.Context, endpoint: str, **payload: Any) -> dict:
-        """:func:`handle`, with a refusal turned into its status code and ``{"error": ...}``."""
+    def _answer(self, ctx: bentoml.Context, endpoint: str, **payload: Any) -> Response:
+        """:func:`handle` as a JSON response, a refusal turned into its status code and ``{"error": ...}``.
+
+        The body is encoded here rather than returned as a ``dict``: BentoML's ``dict`` output path
+        rebuilds the output model's JSON schema on every response (about a third of a millisecond).
+        """
+        return Response(json.dumps(self._body(ctx, endpoint, payload)), media_type="application/json")
+
+    def _body(self, ctx: bentoml.Context, endpoint: str, payload: dict[str, Any]) -> dict:
         try:
             out = handle(self.holder, endpoint, payload, LIMITS)
         except ServiceError as exc:

@@ -298,10 +298,16 @@ def service(model_dir):
 
 def test_service_methods_are_thin_over_handle(service, model_dir):
     ctx = _Ctx()
-    out = asyncio.run(service.recommend(ctx=ctx, user_id="u1", k=3))
+
+    def call(method, **kw):
+        response = asyncio.run(method(ctx=ctx, **kw))
+        assert response.media_type == "application/json"
+        return json.loads(response.body)
+
+    out = call(service.recommend, user_id="u1", k=3)
     assert len(out["items"]) == 3 and out["model"]["version"] == content_version(model_dir)
-    assert asyncio.run(service.score(ctx=ctx, user_id="u1", item_ids=["i1"]))["items"][0]["item_id"] == "i1"
-    out = asyncio.run(service.similar_items(ctx=ctx, item_id="nope"))
+    assert call(service.score, user_id="u1", item_ids=["i1"])["items"][0]["item_id"] == "i1"
+    out = call(service.similar_items, item_id="nope")
     assert ctx.response.status_code == 404 and set(out) == {"error"} and "item_id" in out["error"]
 
 

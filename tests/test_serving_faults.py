@@ -282,8 +282,10 @@ def test_sigterm_drains_requests_in_flight(model, tmp_path):
     assert answers == [b"HTTP/1.1 200 OK"] * 3, answers
     assert code == 0 and took < LIMITS.grace_period_s + 10
     assert counts["200"] > 0 and set(counts) <= {"200", "refused", "ConnectionResetError"}, counts
-    # a connection still queued in the kernel at the instant of SIGTERM can be reset, never one being answered
-    assert counts["ConnectionResetError"] <= 2, counts
+    # A connection still queued in the kernel at the instant of SIGTERM (not yet accepted: the async
+    # endpoints answer on the event loop, so between two answers a new connection waits in the queue)
+    # can be reset, at most one per client; one being answered never is (the slow ones above).
+    assert counts["ConnectionResetError"] <= len(threads), counts
     assert not _all_gone(procs[1:]) and _port_freed(server.port)
 
 
