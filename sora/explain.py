@@ -87,3 +87,17 @@ def because(rec: Recommender, items: np.ndarray, weights: np.ndarray, n: int) ->
         top = np.argsort(-col, kind="stable")[:n]
         out.append([{"item_id": rec.item_ids[int(items[t])], "weight": round(float(col[t]), 6)} for t in top])
     return out
+
+
+def explanation_markdown(rec: Recommender, user_id: str, k: int = 3) -> str:
+    """A model-card section: ``user_id``'s top ``k`` with their ``because`` lists, and how to get more."""
+    title = rec.titles.get
+    lines = ["## Explanations", "",
+             f"Why user {user_id} gets their top {k} (`sora explain --model MODEL --user {user_id}`, or "
+             '`"explain": true` on `/recommend`). Weight: the history item\'s share of the item–item head plus the '
+             "score change without it (leave-one-out through the Transformer).", "",
+             "| rank | recommended | because of (weight) |", "|---|---|---|"]
+    for rank, it in enumerate(rec.recommend(user_id, k=k, explain=True), 1):
+        reasons = "; ".join(f"{title(b['item_id']) or b['item_id']} ({b['weight']:+.3f})" for b in it["because"])
+        lines.append(f"| {rank} | {it['title'] or it['item_id']} | {reasons} |")
+    return "\n".join(lines) + "\n"

@@ -111,6 +111,7 @@ class Recommender:
         self._scores: torch.Tensor | None = None  # (U, I) known users' score rows, see prepare_serving
         self._unit_items: torch.Tensor | None = None
         self._ii_dense: torch.Tensor | None = None
+        self._fusion_np = None  # sora.fastpath.NumpyFusion, see prepare_serving
 
     @property
     def num_users(self) -> int:
@@ -146,8 +147,17 @@ class Recommender:
         Unit-norm item vectors (``similar_items``), a dense item–item head as a tensor (a history's head
         scores are then a row sum), and, when there is no approximate index and users × items ≤
         ``max_scores``, every known user's score row: ``/recommend`` and ``/score`` then read a row
-        instead of recomputing it. Exact: the same numbers as without. Returns ``self``.
+        instead of recomputing it; and the Transformer for one history in NumPy (:mod:`sora.fastpath`).
+        The same numbers as without (to float rounding). Returns ``self``.
         """
+        if self.model.fusion is not None:
+            from sora.fastpath import NumpyFusion
+
+            try:
+                self._fusion_np = NumpyFusion(self.model.fusion)
+                self._item_tokens_np = self.item_tokens.numpy()
+            except ValueError as exc:  # an activation without a NumPy twin: the torch path serves
+                log.info("serving without the NumPy fast path: %s", exc)
         with torch.no_grad():
             self._unit_items = torch.nn.functional.normalize(self.item_vectors, dim=1)
             if isinstance(self.ii, np.ndarray):
@@ -180,6 +190,9 @@ class Recommender:
         L = self.config.model.history_len
         old = self.history[u][self.history_mask[u]].tolist()  # newest first
         new = (list(reversed(recent)) + old)[:L]
+        if self.user_tokens is not None and self._fusion_np is not None:
+            token = self.user_tokens[u].numpy()
+            return torch.from_numpy(self._fusion_np(token, self._item_tokens_np[new]))
         if self.user_tokens is not None:
             hist = torch.as_tensor(new, dtype=torch.long)[None]  # (1, n ≤ L): no padding to mask
             return self.model.user_vectors(self.user_tokens[u][None], hist, torch.ones_like(hist, dtype=torch.bool),
@@ -220,6 +233,8 @@ class Recommender:
     def history_vector(self, items: list[int]) -> torch.Tensor:
         """(D,) the vector of an anonymous user whose history is ``items`` (oldest first)."""
         recent = items[-self.config.model.history_len:]
+        if self._fusion_np is not None:
+            return torch.from_numpy(self._fusion_np(None, self._item_tokens_np[recent[::-1]]))
         hist = torch.as_tensor(recent[::-1], dtype=torch.long)[None]  # (1, n ≤ L): no padding to mask
         return self.model.user_vectors(None, hist, torch.ones_like(hist, dtype=torch.bool), self.item_tokens)[0]
 

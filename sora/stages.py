@@ -324,7 +324,10 @@ def compare(tracking_uri: str, model_name: str, version: str, model_uri: str, pr
     decision = registry_compare(tracking_uri, model_name, version, rec, prepared.split, margin)
     if card_md:
         report = json.loads(storage.read_text(eval_json))
-        storage.write_text(card_md, model_card(report, decision, model_name, version))
+        from sora.explain import explanation_markdown
+
+        card = model_card(report, decision, model_name, version)
+        storage.write_text(card_md, card + "\n" + explanation_markdown(rec, rec.user_ids[0]))
     return decision.promote, decision.reason
 
 

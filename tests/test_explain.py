@@ -88,3 +88,14 @@ def test_cli_explain(model_dir, capsys):
     assert all("because" in it for it in items)
     assert main(["recommend", "--model", str(model_dir), "--similar-to", rec.item_ids[0], "--explain"]) == 2
     assert "--explain" in capsys.readouterr().err
+    assert main(["explain", "--model", str(model_dir), "--user", rec.user_ids[1], "-k", "3"]) == 0
+    assert capsys.readouterr().out.count("because of") >= 3
+
+
+def test_model_card_section(rec):
+    from sora.explain import explanation_markdown
+
+    md = explanation_markdown(rec, rec.user_ids[2], k=3)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 3 and all("(+" in r or "(-" in r for r in rows)
+    assert f"sora explain --model MODEL --user {rec.user_ids[2]}" in md

@@ -167,3 +167,19 @@ def test_split_is_rebuilt_identically(trained, tmp_path):
     with pytest.raises(DataError, match="data hash"):
         rebuild_split(rec, other)
     assert make_split(ds, cfg.split).spec.data_fingerprint == rec.meta["data_fingerprint"]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_numpy_fast_path_equals_the_torch_fusion(layers):
+    from sora.fastpath import NumpyFusion
+
+    torch.manual_seed(layers)
+    fusion = HistoryFusion(dim=16, history_len=6, layers=layers, heads=2, dropout=0.3).eval()
+    with torch.no_grad():
+        fusion.anonymous.normal_()
+        fast = NumpyFusion(fusion)
+        items = torch.randn(4, 16)
+        for token in (None, torch.randn(16)):
+            want = fusion(None if token is None else token[None], items[None], torch.ones(1, 4, dtype=torch.bool))[0]
+            got = fast(None if token is None else token.numpy(), items.numpy())
+            assert np.allclose(got, want.numpy(), atol=1e-5)

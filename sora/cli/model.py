@@ -1,4 +1,4 @@
-"""``sora embed | train | evaluate | recommend``: the stage functions of :mod:`sora.stages` for people at a terminal."""
+"""``sora embed | train | evaluate | recommend | explain``: the stage functions of :mod:`sora.stages` for people at a terminal."""
 
 from __future__ import annotations
 
@@ -178,3 +178,12 @@ def add_parser(sub) -> None:
                    "(their weight: item–item head share + the score change without them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("explain", help="a user's (or a history's) top-k, each with the history items that drove it")
+    p.add_argument("--model", required=True, help="model directory or URI")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="user id")
+    who.add_argument("--history", help="comma-separated item ids, oldest first (anonymous user)")
+    p.add_argument("-k", type=positive_int, default=5, help="number of items (>= 1)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend, explain=True, similar_to=None, include_seen=False)
