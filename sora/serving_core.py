@@ -17,6 +17,7 @@ No DGL and no MLflow are imported here (the registry goes through :mod:`sora.reg
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -182,6 +183,11 @@ class ModelHolder:
                 name = name or rec.config.registry.model_name
                 previous = self.current.version if self.current else None
                 self.current = Loaded(rec, name, version)  # the swap: one reference assignment
+                # the served model's objects never need collecting: frozen, full collections stay short (p99);
+                # unfrozen first, so the model just replaced is collected
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
                 self.swaps += previous is not None
                 self.last_error = self.public_error = None
                 log.info("serving %s version %s (was %s), loaded in %.1fs", name, version, previous,
