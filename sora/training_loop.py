@@ -144,7 +144,7 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
     else:
         uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
     if tc.loss == "softmax":
-        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc)
+        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, prep.warm.to(i.device))
     elif tc.loss == "bpr":
         neg = torch.randint(0, num_items, (len(i),), generator=gen).to(i.device)
         loss = -F.logsigmoid((uv * item_vecs[i]).sum(1) - (uv * item_vecs[neg]).sum(1)).mean()
@@ -156,17 +156,23 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
 
 
 def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log_q: torch.Tensor,
-                 tc: TrainConfig) -> torch.Tensor:
+                 tc: TrainConfig, warm: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy of uv (B, D) against its targets i (B,) among item_vecs (I, D).
 
-    Full catalogue (B, I) logits up to ``train.full_softmax_max_items``; above it, in-batch negatives
+    Full catalogue (B, I) logits up to ``train.full_softmax_max_items``, over the ``warm`` items (I,)
+    bool (those with a training interaction): an item no one interacted with is not a negative, or
+    training would push every cold item's text down, which the cold-item protocol ranks by. Above
+    the size, in-batch negatives (warm by construction)
     (B, B) with the logQ correction for their popularity-biased sampling, a target's duplicates in the
     batch masked. The temperature scales the (B, D) side and logQ rides along as one more column, so
     the (B, ·) logits are made by a single matmul.
     """
     scaled = uv / tc.temperature
     if len(item_vecs) <= tc.full_softmax_max_items:
-        return F.cross_entropy(scaled @ item_vecs.T, i)
+        logits = scaled @ item_vecs.T
+        if warm is not None and not bool(warm.all()):
+            logits = logits.masked_fill(~warm[None, :], -torch.inf)
+        return F.cross_entropy(logits, i)
     ones = torch.ones(len(uv), 1, dtype=uv.dtype, device=uv.device)
     logits = torch.cat([scaled, ones], 1) @ torch.cat([item_vecs[i], -log_q[i][:, None]], 1).T  # (B, B)
     dup = (i[:, None] == i[None, :]).fill_diagonal_(False)
