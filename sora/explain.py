@@ -20,14 +20,14 @@ K recommended items, H history items, L history length, D dim.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-if TYPE_CHECKING:
-    from sora.recommender import Recommender
+#: a :class:`sora.recommender.Recommender`; not imported, since the recommender imports this module
+Recommender = Any
 
 
 def _padded(seqs: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
