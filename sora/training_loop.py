@@ -58,6 +58,8 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
     split = prep.split
     candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
     vu, vi = split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
+    # full-softmax negatives: the warm items (None: all of them), moved to the device once, not per step
+    negatives = None if bool(prep.warm.all()) else prep.warm.to(device)
     best = BestEpoch(tc)
     history: list[dict[str, Any]] = []
     bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0)
@@ -70,7 +72,7 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
             idx = order[s:s + tc.batch_size][rank::world]  # data parallel: each rank its share of the batch
             u, i = pu[idx].to(device), pi[idx].to(device)
             causal = None if prep.pair_hist is None else (prep.pair_hist[idx].to(device), prep.pair_hmask[idx].to(device))
-            loss = step_loss(model, prep, u, i, num_items, tc, gen, causal)
+            loss = step_loss(model, prep, u, i, num_items, tc, gen, causal, negatives)
             opt.zero_grad()
             loss.backward()
             if world > 1:
@@ -131,11 +133,13 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
 
 def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
               tc: TrainConfig, gen: torch.Generator,
-              causal: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              causal: tuple[torch.Tensor, torch.Tensor] | None = None,
+              negatives: torch.Tensor | None = None) -> torch.Tensor:
     """Loss of one batch of (user, item) positives u (B,), i (B,).
 
     ``causal`` (``train.causal``): each pair's own history (B, L) and mask, the items before its target;
     the user is then anonymous (the graph user embedding has seen the whole training sequence).
+    ``negatives``: the full softmax's items, as in :func:`softmax_loss`.
     """
     g_user, g_item = model.propagate(prep.graph, prep.text)
     item_vecs = model.item_vectors(g_item, prep.text)
@@ -144,7 +148,7 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
     else:
         uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
     if tc.loss == "softmax":
-        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, prep.warm.to(i.device))
+        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, negatives)
     elif tc.loss == "bpr":
         neg = torch.randint(0, num_items, (len(i),), generator=gen).to(i.device)
         loss = -F.logsigmoid((uv * item_vecs[i]).sum(1) - (uv * item_vecs[neg]).sum(1)).mean()
@@ -156,22 +160,21 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
 
 
 def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log_q: torch.Tensor,
-                 tc: TrainConfig, warm: torch.Tensor | None = None) -> torch.Tensor:
+                 tc: TrainConfig, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy of uv (B, D) against its targets i (B,) among item_vecs (I, D).
 
-    Full catalogue (B, I) logits up to ``train.full_softmax_max_items``, over the ``warm`` items (I,)
-    bool (those with a training interaction): an item no one interacted with is not a negative, or
-    training would push every cold item's text down, which the cold-item protocol ranks by. Above
-    the size, in-batch negatives (warm by construction)
-    (B, B) with the logQ correction for their popularity-biased sampling, a target's duplicates in the
+    Full catalogue (B, I) logits up to ``train.full_softmax_max_items``, over the ``negatives`` (I,)
+    bool: the warm items, those with a training interaction (None = all). An item no one interacted
+    with is not a negative, or training would push every cold item's text down, which the cold-item
+    protocol ranks by. Above the size, in-batch negatives (warm by construction) (B, B) with the logQ correction for their popularity-biased sampling, a target's duplicates in the
     batch masked. The temperature scales the (B, D) side and logQ rides along as one more column, so
     the (B, ·) logits are made by a single matmul.
     """
     scaled = uv / tc.temperature
     if len(item_vecs) <= tc.full_softmax_max_items:
         logits = scaled @ item_vecs.T
-        if warm is not None and not bool(warm.all()):
-            logits = logits.masked_fill(~warm[None, :], -torch.inf)
+        if negatives is not None:
+            logits = logits.masked_fill(~negatives[None, :], -torch.inf)
         return F.cross_entropy(logits, i)
     ones = torch.ones(len(uv), 1, dtype=uv.dtype, device=uv.device)
     logits = torch.cat([scaled, ones], 1) @ torch.cat([item_vecs[i], -log_q[i][:, None]], 1).T  # (B, B)

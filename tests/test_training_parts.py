@@ -115,6 +115,10 @@ def test_softmax_loss_full_catalogue_and_sampled():
     tc = SoraConfig().train
     full = softmax_loss(uv, items, i, log_q, tc)
     assert torch.allclose(full, torch.nn.functional.cross_entropy(uv @ items.T / tc.temperature, i))
+    warm = torch.ones(9, dtype=torch.bool)
+    warm[[2, 5]] = False  # cold items are no negatives
+    masked = (uv @ items.T / tc.temperature).masked_fill(~warm[None, :], -torch.inf)
+    assert torch.allclose(softmax_loss(uv, items, i, log_q, tc, warm), torch.nn.functional.cross_entropy(masked, i))
     # above the threshold: in-batch negatives, logQ-corrected, a target's duplicates masked
     tc.full_softmax_max_items = 5
     logits = uv @ items[i].T / tc.temperature - log_q[i][None, :]
