@@ -155,7 +155,6 @@ class Recommender:
 
             try:
                 self._fusion_np = NumpyFusion(self.model.fusion)
-                self._item_tokens_np = self.item_tokens.numpy()
             except ValueError as exc:  # an activation without a NumPy twin: the torch path serves
                 log.info("serving without the NumPy fast path: %s", exc)
         with torch.no_grad():
@@ -190,13 +189,8 @@ class Recommender:
         L = self.config.model.history_len
         old = self.history[u][self.history_mask[u]].tolist()  # newest first
         new = (list(reversed(recent)) + old)[:L]
-        if self.user_tokens is not None and self._fusion_np is not None:
-            token = self.user_tokens[u].numpy()
-            return torch.from_numpy(self._fusion_np(token, self._item_tokens_np[new]))
         if self.user_tokens is not None:
-            hist = torch.as_tensor(new, dtype=torch.long)[None]  # (1, n ≤ L): no padding to mask
-            return self.model.user_vectors(self.user_tokens[u][None], hist, torch.ones_like(hist, dtype=torch.bool),
-                                           self.item_tokens)[0]
+            return self._one_history(self.user_tokens[u], new)
         hist = torch.zeros(2, L, dtype=torch.long)
         mask = torch.zeros(2, L, dtype=torch.bool)
         for row, seq in enumerate((new, old)):
@@ -232,11 +226,19 @@ class Recommender:
     @torch.no_grad()
     def history_vector(self, items: list[int]) -> torch.Tensor:
         """(D,) the vector of an anonymous user whose history is ``items`` (oldest first)."""
-        recent = items[-self.config.model.history_len:]
+        return self._one_history(None, items[-self.config.model.history_len:][::-1])
+
+    def _one_history(self, user_token: torch.Tensor | None, newest_first: list[int]) -> torch.Tensor:
+        """(D,) the Transformer's user vector for one unpadded history of ≤ L items, newest first.
+
+        Through the NumPy fast path when :meth:`prepare_serving` built it, else the torch module.
+        """
         if self._fusion_np is not None:
-            return torch.from_numpy(self._fusion_np(None, self._item_tokens_np[recent[::-1]]))
-        hist = torch.as_tensor(recent[::-1], dtype=torch.long)[None]  # (1, n ≤ L): no padding to mask
-        return self.model.user_vectors(None, hist, torch.ones_like(hist, dtype=torch.bool), self.item_tokens)[0]
+            token = None if user_token is None else user_token.numpy()
+            return torch.from_numpy(self._fusion_np(token, self.item_tokens.numpy()[newest_first]))
+        hist = torch.as_tensor(newest_first, dtype=torch.long)[None]  # (1, n): no padding to mask
+        token = None if user_token is None else user_token[None]
+        return self.model.user_vectors(token, hist, torch.ones_like(hist, dtype=torch.bool), self.item_tokens)[0]
 
     @torch.no_grad()
     def score_history(self, items: list[int]) -> torch.Tensor:
@@ -310,14 +312,9 @@ class Recommender:
         n_ex = 0 if exclude is None else len(exclude)
         _, idx = self.ann.search(user.numpy(), k + n_ex + serve.ann_candidates)
         cand = [idx[0][idx[0] >= 0]]
-        x = None
+        reach = None
         if self.alpha and self.ii is not None and len(history):
-            x = sp.csr_matrix((np.ones(len(history), np.float32), (np.zeros(len(history)), history)),
-                              shape=(1, self.num_items))
-            x.sum_duplicates()
-            x.data[:] = 1.0
-            reach = x @ self.ii  # (1, I): the head's scores, sparse for a sparse head
-            reach = np.asarray(reach.toarray() if sp.issparse(reach) else reach, dtype=np.float32).reshape(-1)
+            reach = self._ii_history(np.unique(history)).numpy()  # (I,): the head's scores
             cand.append(np.flatnonzero(reach).astype(np.int64))
         cand = np.unique(np.concatenate(cand))
         if exclude is not None and n_ex:
@@ -326,7 +323,7 @@ class Recommender:
             return []
         c = torch.from_numpy(cand)
         s = self.item_vectors[c] @ user
-        if x is not None:
+        if reach is not None:
             s = s + self.alpha * torch.from_numpy(reach[cand])
         top = torch.topk(s, min(k, len(cand)))
         return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(v)}
