@@ -1,6 +1,10 @@
-"""Shared by the benchmark scripts: replace (or append) one marked section of benchmarks/RESULTS.md."""
+"""Shared by the benchmark scripts: one marked section of benchmarks/RESULTS.md, and the default model."""
 
+import subprocess
+import sys
 from pathlib import Path
+
+DEFAULT_MODEL = Path(".sora/bench/model")
 
 
 def write_section(path: Path, begin: str, end: str, section: str) -> None:
@@ -12,3 +16,14 @@ def write_section(path: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def default_model(data: Path) -> Path:
+    """``.sora/bench/model``, trained first with `sora train` on ``data`` (MovieLens-100K, fetched if absent)."""
+    if not (DEFAULT_MODEL / "model.safetensors").exists():
+        if not data.exists():
+            subprocess.check_call([sys.executable, "-m", "sora.cli", "data", "fetch", "movielens-100k",
+                                   "--dest", str(data)])
+        subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(data),
+                               "--out", str(DEFAULT_MODEL)])
+    return DEFAULT_MODEL

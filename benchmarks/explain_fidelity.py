@@ -25,13 +25,12 @@ import argparse
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from _results import write_section  # benchmarks/ is on sys.path when run as a script
+from _results import default_model, write_section  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- explain-fidelity:begin -->", "<!-- explain-fidelity:end -->"
@@ -113,13 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = ap.parse_args(argv)
     if args.model is None:
-        args.model = Path(".sora/bench/model")
-        if not (args.model / "model.safetensors").exists():
-            if not args.data.exists():
-                subprocess.check_call([sys.executable, "-m", "sora.cli", "data", "fetch", "movielens-100k",
-                                       "--dest", str(args.data)])
-            subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(args.data),
-                                   "--out", str(args.model)])
+        args.model = default_model(args.data)
     import torch
 
     from sora.recommender import Recommender

@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from _results import write_section  # benchmarks/ is on sys.path when run as a script
+from _results import default_model, write_section  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- serving:begin -->", "<!-- serving:end -->"
@@ -141,13 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,8")
     args = ap.parse_args(argv)
     if args.model is None:
-        args.model = Path(".sora/bench/model")
-        if not (args.model / "model.safetensors").exists():
-            if not args.data.exists():
-                subprocess.check_call([sys.executable, "-m", "sora.cli", "data", "fetch", "movielens-100k",
-                                       "--dest", str(args.data)])
-            subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(args.data),
-                                   "--out", str(args.model)])
+        args.model = default_model(args.data)
     from sora.recommender import Recommender
 
     rec = Recommender.load(args.model)
