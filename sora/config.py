@@ -163,6 +163,9 @@ class TrainConfig:
     #: Sequence-aware training (Protocol T): every training item is a target seen only through the
     #: ``model.history_len`` items before it in the user's sequence (anonymous user token, no future).
     causal: bool = False
+    #: Recency decays of the item–item head tried on valid (with its weight): a history item of age a
+    #: (0 = the newest) weighs decay**a. (1.0,) keeps the head binary. Needs timestamps to mean anything.
+    head_decays: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
 
 
 @dataclass
@@ -508,6 +511,7 @@ _LIMITS: dict[str, str] = {
                     ">=1"),
     **dict.fromkeys(["serve.ann_min_items", "serve.ann_nlist", "serve.ann_candidates"], ">=0"),
     "serve.port": "[1,65535]",
+    "train.head_decays": "(0,1]",
     **{f"drift.{f.name}": "[0,1]" for f in dataclasses.fields(DriftConfig) if f.name.endswith(("_warn", "_fail"))},
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -544,6 +548,8 @@ def _check_cross(cfg: SoraConfig) -> None:
                           f"got {cfg.graph.item_edges!r}")
     if not cfg.eval.ks:
         raise ConfigError("eval.ks may not be empty")
+    if not cfg.train.head_decays:
+        raise ConfigError("train.head_decays may not be empty (1.0 alone keeps the item–item head binary)")
     if cfg.validation.rating_min > cfg.validation.rating_max:
         raise ConfigError(f"validation.rating_min ({cfg.validation.rating_min}) is above validation.rating_max "
                           f"({cfg.validation.rating_max})")

@@ -2,8 +2,8 @@
 
 A Sora score is ``user_vector · item_vector + alpha × head``, and both parts read the user's history:
 
-- the item–item head is a sum over the history, ``Σ_h ii[h, j]``: each history item's contribution
-  ``alpha × ii[h, j]`` is exact;
+- the item–item head is a sum over the history, ``Σ_h w_h ii[h, j]`` (``w_h`` the history item's
+  recency weight, 1 without decay): each history item's contribution ``alpha × w_h × ii[h, j]`` is exact;
 - the network reads the history through the Transformer's window (the ``model.history_len`` newest
   items). Its part is a leave-one-out: the change of ``user_vector · item_vector`` when ``h`` is
   removed from the history (the next older item then enters the window, as it would for a user who
@@ -55,25 +55,36 @@ def network_leave_one_out(rec: Recommender, newest_first: list[int], targets: li
     return window, (vectors[0][None] - vectors[1:]) @ items.T
 
 
-def head_contributions(rec: Recommender, history: np.ndarray, targets: list[int]) -> np.ndarray:
-    """(H, K) ``alpha × ii[h, j]``: each history item's exact share of the item–item head's score."""
+def head_contributions(rec: Recommender, history: np.ndarray, targets: list[int],
+                       history_weights: np.ndarray | None = None) -> np.ndarray:
+    """(H, K) ``alpha × w_h × ii[h, j]``: each history item's exact share of the item–item head's score.
+
+    ``history_weights`` (H,): the head's recency weights of the history items (None = 1 each).
+    """
     if not rec.alpha or rec.ii is None or not len(history) or not targets:
         return np.zeros((len(history), len(targets)), dtype=np.float32)
     block = rec.ii[history][:, targets]
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    if history_weights is not None:
+        block = block * np.asarray(history_weights, dtype=np.float32)[:, None]
     return rec.alpha * block.astype(np.float32)
 
 
 def attributions(rec: Recommender, newest_first: list[int], history: np.ndarray, targets: list[int],
-                 user_token: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+                 user_token: torch.Tensor | None,
+                 history_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(history items (H,), weights (H, K)) for the recommended ``targets``.
 
     ``newest_first``: the sequence the Transformer reads from (newest first); ``history``: the
-    distinct items the item–item head reads (for a known user, training items plus recent events).
+    distinct items the item–item head reads (for a known user, training items plus recent events) and
+    ``history_weights`` their weights in the head (None = 1 each; see ``Recommender.head_history``).
     """
     window, net = network_leave_one_out(rec, newest_first, targets, user_token)
-    items = np.unique(np.r_[np.asarray(history, dtype=np.int64), np.asarray(window, dtype=np.int64)])
-    weights = head_contributions(rec, items, targets)
+    history = np.asarray(history, dtype=np.int64)
+    items = np.unique(np.r_[history, np.asarray(window, dtype=np.int64)])
+    head_w = np.zeros(len(items), np.float32)  # a window item outside the head's history: no head share
+    head_w[np.searchsorted(items, history)] = 1.0 if history_weights is None else history_weights
+    weights = head_contributions(rec, items, targets, head_w)
     if len(window):
         rows = np.searchsorted(items, np.asarray(window, dtype=np.int64))
         weights[rows] += net.numpy()

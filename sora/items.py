@@ -174,7 +174,9 @@ def add_items(rec: Recommender, new_items: pd.DataFrame, encoder: TextEncoder,
         items=items, user_vectors=rec.user_vectors, item_vectors=torch.cat([rec.item_vectors, v]),
         item_tokens=torch.cat([rec.item_tokens, g]), history=rec.history, history_mask=rec.history_mask,
         train=_pad_csr(rec.train, rec.num_users, ni), seen=_pad_csr(rec.seen, rec.num_users, ni), ii=ii,
-        alpha=rec.alpha, meta=meta, user_tokens=rec.user_tokens, item_text=torch.cat([text_old, text_new]))
+        alpha=rec.alpha, meta=meta, user_tokens=rec.user_tokens, item_text=torch.cat([text_old, text_new]),
+        head_decay=rec.head_decay,
+        head_weights=_pad_csr(rec.head_weights, rec.num_users, ni) if rec.head_weights is not None else None)
     report = {"added": n_new, "items_before": n_old, "items_after": ni, "knn_k": int(k),
               "seconds": round(time.perf_counter() - start, 3),
               "neighbours": {iid: [rec.item_ids[j] for j in row] for iid, row in
@@ -207,4 +209,5 @@ def remove_items(rec: Recommender, item_ids: list[str]) -> Recommender:
         item_vectors=rec.item_vectors[keep_t], item_tokens=rec.item_tokens[keep_t], history=hist.clamp(min=0),
         history_mask=mask, train=rec.train[:, keep].tocsr(), seen=rec.seen[:, keep].tocsr(), ii=ii, alpha=rec.alpha,
         meta=copy.deepcopy(rec.meta), user_tokens=rec.user_tokens,
-        item_text=rec.item_text[keep_t] if rec.item_text is not None else None)
+        item_text=rec.item_text[keep_t] if rec.item_text is not None else None, head_decay=rec.head_decay,
+        head_weights=rec.head_weights[:, keep].tocsr() if rec.head_weights is not None else None)

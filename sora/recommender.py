@@ -20,7 +20,9 @@ do not match the config, tensors missing or unexpected) raises :class:`ModelLoad
 directory, the file and the tensors, never a bare traceback from inside safetensors or torch.
 ``save`` writes a temporary directory and renames it into place, so a failed save leaves the previous
 model whole. Scores are ``user · item`` plus ``alpha`` times the item–item head (the user's training
-items propagated over EASE-weighted item↔item edges).
+items propagated over EASE-weighted item↔item edges). The head weighs each history item by
+``head_decay ** age`` (age 0 = the newest; ``head_decay`` chosen on valid, 1 = every item alike); with a
+decay below 1 the weighted training rows are saved as ``head.*`` tensors.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class ModelLoadError(ValueError):
 
 MODEL_FILES = ("config.json", "meta.json", "model.safetensors", "items.parquet")
 #: meta.json keys written by :meth:`Recommender.save` itself (not part of ``Recommender.meta``)
-_OWN_META = ("user_ids", "item_ids", "alpha", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
+_OWN_META = ("user_ids", "item_ids", "alpha", "head_decay", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[str, torch.Tensor]:
@@ -99,12 +101,19 @@ class Recommender:
     #: approximate top-k index (:class:`sora.ann.AnnIndex`) for catalogues of ``serve.ann_min_items`` or more;
     #: built by :meth:`save`, used by :meth:`recommend` and :meth:`recommend_from_history`
     ann: Any = None
+    #: the item–item head's history weighting: item h of a history weighs ``head_decay ** age`` (age 0 =
+    #: newest); 1.0 = binary (every history item weighs 1)
+    head_decay: float = 1.0
+    #: (U, I) each user's training history weighted that way (None when ``head_decay`` is 1: ``train``)
+    head_weights: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         self.user_index = {u: k for k, u in enumerate(self.user_ids)}
         self.item_index = {i: k for k, i in enumerate(self.item_ids)}
         self.titles = (self.items.set_index("item_id")["title"].astype(str).to_dict()
                        if "title" in self.items else {})
+        if not 0 < self.head_decay <= 1 or (self.head_decay != 1.0) != (self.head_weights is not None):
+            raise ValueError(f"head_decay {self.head_decay} needs head_weights exactly when it is below 1")
         self.model.eval()
         pop = np.asarray(self.seen.sum(0)).ravel()
         self.popularity = torch.from_numpy(pop.astype(np.float32))
@@ -134,11 +143,37 @@ class Recommender:
         """Column indices of row ``u`` of a CSR matrix, without building a sparse row."""
         return m.indices[m.indptr[u]:m.indptr[u + 1]]
 
-    def _ii_history(self, items: np.ndarray) -> torch.Tensor:
-        """(I,) the item–item head for one binary history (item indices, no repeats)."""
+    def _head_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        """(B, I) the item–item head's input rows of known users: their weighted training histories."""
+        return (self.train if self.head_decay == 1.0 else self.head_weights)[users]
+
+    def head_history(self, u: int | None, recent: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The item–item head's input for user ``u`` (None: anonymous) plus ``recent`` item indices (oldest
+        first, after the training history): (distinct items, their weights; None = all 1).
+
+        With ``head_decay`` d < 1 the n recent items weigh d**(n-1) … d**0 and the training items' weights
+        age by d**n; an item seen twice keeps its newer (larger) weight.
+        """
+        known = np.zeros(0, np.int64) if u is None else self._row(self.train, u).astype(np.int64)
+        rec = np.asarray(recent, dtype=np.int64)
+        if self.head_decay == 1.0:
+            return np.union1d(known, rec), None
+        n = len(rec)
+        w_known = (np.zeros(0, np.float32) if u is None else
+                   self.head_weights.data[self.head_weights.indptr[u]:self.head_weights.indptr[u + 1]] * self.head_decay ** n)
+        items = np.r_[self._row(self.head_weights, u).astype(np.int64) if u is not None else known, rec]
+        weights = np.r_[w_known, self.head_decay ** np.arange(n - 1, -1, -1, dtype=np.float64)].astype(np.float32)
+        order = np.lexsort((-weights, items))
+        first = np.r_[True, items[order][1:] != items[order][:-1]] if len(items) else np.zeros(0, bool)
+        return items[order][first], weights[order][first]
+
+    def _ii_history(self, items: np.ndarray, weights: np.ndarray | None = None) -> torch.Tensor:
+        """(I,) the item–item head for one history: distinct item indices and their weights (None = 1)."""
         if self._ii_dense is not None:
-            return self._ii_dense[torch.as_tensor(items, dtype=torch.long)].sum(0)
-        x = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items)), items)), shape=(1, self.num_items))
+            rows = self._ii_dense[torch.as_tensor(items, dtype=torch.long)]
+            return rows.sum(0) if weights is None else torch.from_numpy(np.asarray(weights, np.float32)) @ rows
+        data = np.ones(len(items), np.float32) if weights is None else np.asarray(weights, np.float32)
+        x = sp.csr_matrix((data, (np.zeros(len(items)), items)), shape=(1, self.num_items))
         return self._ii_scores(x)[0]
 
     def prepare_serving(self, max_scores: int = 20_000_000) -> Recommender:
@@ -172,7 +207,7 @@ class Recommender:
         alpha = self.alpha if alpha is None else alpha
         s = self.user_vectors[torch.as_tensor(users, dtype=torch.long)] @ self.item_vectors.T
         if alpha:
-            s = s + alpha * self._ii_scores(self.train[users])
+            s = s + alpha * self._ii_scores(self._head_rows(users))
         return s
 
     @torch.no_grad()
@@ -210,7 +245,7 @@ class Recommender:
         s = self.user_vectors_with(u, recent) @ self.item_vectors.T
         if alpha and self.ii is not None:
             # a recent repeat of a training item counts once, like the training matrix
-            s = s + alpha * self._ii_history(np.union1d(self._row(self.train, u), recent))
+            s = s + alpha * self._ii_history(*self.head_history(u, recent))
         return s
 
     @torch.no_grad()
@@ -245,7 +280,7 @@ class Recommender:
         """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
         s = self.item_vectors @ self.history_vector(items)
         if self.alpha and self.ii is not None:
-            s = s + self.alpha * self._ii_history(np.unique(items))
+            s = s + self.alpha * self._ii_history(*self.head_history(None, items))
         return s
 
     # ------------------------------------------------------------------ id-level API
@@ -283,29 +318,31 @@ class Recommender:
         recent = self._recent(recent_item_ids)
         exclude = np.r_[self._row(self.seen, u), np.asarray(recent, dtype=np.int64)] if exclude_seen else None
         if self.ann is not None:
-            history = np.r_[self._row(self.train, u), np.asarray(recent, dtype=np.int64)].astype(np.int64)
-            out = self._ann_results(self.user_vectors_with(u, recent), history, k, exclude)
+            out = self._ann_results(self.user_vectors_with(u, recent), self.head_history(u, recent), k, exclude)
         else:
             with torch.no_grad():
                 out = self._results(self.score_user_recent(u, recent), k, exclude)
         if explain:
             newest_first = list(reversed(recent)) + self.history[u][self.history_mask[u]].tolist()
             token = None if self.user_tokens is None else self.user_tokens[u]
-            self._explain(out, newest_first, np.union1d(self._row(self.train, u), recent), token)
+            self._explain(out, newest_first, self.head_history(u, recent), token)
         return out
 
-    def _explain(self, results: list[dict[str, Any]], newest_first: list[int], history: np.ndarray,
-                 user_token: torch.Tensor | None) -> None:
-        """Add ``because`` to each result (in place): its ``serve.explain_items`` heaviest history items."""
+    def _explain(self, results: list[dict[str, Any]], newest_first: list[int],
+                 head: tuple[np.ndarray, np.ndarray | None], user_token: torch.Tensor | None) -> None:
+        """Add ``because`` to each result (in place): its ``serve.explain_items`` heaviest history items.
+
+        ``head``: the item–item head's input, as :meth:`head_history` returns it.
+        """
         from sora.explain import attributions, because
 
         targets = [self.item_index[r["item_id"]] for r in results]
-        items, weights = attributions(self, newest_first, history, targets, user_token)
+        items, weights = attributions(self, newest_first, head[0], targets, user_token, head[1])
         for r, b in zip(results, because(self, items, weights, self.config.serve.explain_items), strict=True):
             r["because"] = b
 
     @torch.no_grad()
-    def _ann_results(self, user: torch.Tensor, history: np.ndarray, k: int,
+    def _ann_results(self, user: torch.Tensor, head: tuple[np.ndarray, np.ndarray | None], k: int,
                      exclude: np.ndarray | None) -> list[dict[str, Any]]:
         """Top-k through the approximate index: its candidates plus the item–item head's, scored exactly."""
         serve = self.config.serve
@@ -313,8 +350,8 @@ class Recommender:
         _, idx = self.ann.search(user.numpy(), k + n_ex + serve.ann_candidates)
         cand = [idx[0][idx[0] >= 0]]
         reach = None
-        if self.alpha and self.ii is not None and len(history):
-            reach = self._ii_history(np.unique(history)).numpy()  # (I,): the head's scores
+        if self.alpha and self.ii is not None and len(head[0]):
+            reach = self._ii_history(*head).numpy()  # (I,): the head's scores
             cand.append(np.flatnonzero(reach).astype(np.int64))
         cand = np.unique(np.concatenate(cand))
         if exclude is not None and n_ex:
@@ -355,12 +392,12 @@ class Recommender:
         if not known:
             raise UnknownIdError(f"none of the history's item ids is known: {ignored[:5]}")
         if self.ann is not None:
-            out = self._ann_results(self.history_vector(known), np.asarray(known, dtype=np.int64), k, np.array(known))
+            out = self._ann_results(self.history_vector(known), self.head_history(None, known), k, np.array(known))
         else:
             with torch.no_grad():
                 out = self._results(self.score_history(known), k, np.array(known))
         if explain:
-            self._explain(out, list(reversed(known)), np.unique(known), None)
+            self._explain(out, list(reversed(known)), self.head_history(None, known), None)
         return out, ignored
 
     def similar_items(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -401,6 +438,8 @@ class Recommender:
             tensors.update({
                 **_csr_tensors("train", self.train), **_csr_tensors("seen", self.seen),
             })
+            if self.head_weights is not None:
+                tensors.update(_csr_tensors("head", self.head_weights, values=True))
             for name in ("user_tokens", "item_text"):
                 if getattr(self, name) is not None:
                     tensors[name] = getattr(self, name).detach().cpu().float().contiguous()
@@ -411,6 +450,7 @@ class Recommender:
             save_file(tensors, str(tmp / "model.safetensors"))
             self.config.save(tmp / "config.json")
             meta = {**self.meta, "user_ids": self.user_ids, "item_ids": self.item_ids, "alpha": self.alpha,
+                    "head_decay": self.head_decay,
                     "has_ii": self.ii is not None, "has_user_tokens": self.user_tokens is not None,
                     "has_item_text": self.item_text is not None, "has_ann": self.ann is not None}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -483,6 +523,7 @@ class Recommender:
             elif meta.get("has_ii"):
                 ii = _csr_from(t, "ii", (ni, ni))
             train, seen = _csr_from(t, "train", (nu, ni)), _csr_from(t, "seen", (nu, ni))
+            head = _csr_from(t, "head", (nu, ni)) if "head.indptr" in t else None
         except (KeyError, ValueError, IndexError) as exc:
             raise ModelLoadError(f"{path}: interaction or item–item tensors are inconsistent ({exc})") from exc
         ann = None
@@ -503,7 +544,8 @@ class Recommender:
                    user_vectors=t["user_vectors"], item_vectors=t["item_vectors"], item_tokens=t["item_tokens"],
                    history=t["history"], history_mask=t["history_mask"].bool(),
                    train=train, seen=seen, ii=ii, alpha=float(meta["alpha"]), meta=fields,
-                   user_tokens=t.get("user_tokens"), item_text=t.get("item_text"), ann=ann)
+                   user_tokens=t.get("user_tokens"), item_text=t.get("item_text"), ann=ann,
+                   head_decay=float(meta.get("head_decay", 1.0)), head_weights=head)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -518,6 +560,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
             raise ModelLoadError(f"{path}: {key!r} must be a non-empty list of ids")
     if not isinstance(meta.get("alpha"), (int, float)) or isinstance(meta.get("alpha"), bool):
         raise ModelLoadError(f"{path}: 'alpha' must be a number, got {meta.get('alpha')!r}")
+    decay = meta.get("head_decay", 1.0)
+    if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay <= 1:
+        raise ModelLoadError(f"{path}: 'head_decay' must be a number in (0, 1], got {decay!r}")
     return meta
 
 
@@ -539,6 +584,8 @@ def _check_tensors(path: Path, t: dict[str, torch.Tensor], model: SoraModel, con
         expected["user_tokens"] = (nu, dim)
     if meta.get("has_item_text"):
         expected["item_text"] = (ni, int(meta.get("text_dim", 0)))
+    if float(meta.get("head_decay", 1.0)) != 1.0:
+        expected.update({"head.indptr": (nu + 1,), "head.indices": None, "head.values": None})
     if "ii.dense" in t:
         expected["ii.dense"] = (ni, ni)
     elif meta.get("has_ii"):

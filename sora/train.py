@@ -24,6 +24,7 @@ import torch
 
 from sora.config import GraphConfig, SoraConfig
 from sora.data import Dataset
+from sora.protocol import sequences
 from sora.recommender import Recommender
 from sora.selection import ALPHA_GRID, select_alpha
 from sora.split import Split, make_split
@@ -118,7 +119,8 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     rec.meta.update({"best_epoch": loop.best.epoch, "epochs_run": len(loop.history), "history": loop.history,
                      "prepare": prep.stages})
     valid = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, prep.x_train,
-                         split.cold_valid_items if split.spec.mode == "cold-item" else None)
+                         split.cold_valid_items if split.spec.mode == "cold-item" else None,
+                         sequences(split, "train"))
     result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages)
     info["peak_memory_gb"] = peak_device_memory_gb(device)
     info["peak_rss_mb"] = round(peak_rss_mb(), 1)

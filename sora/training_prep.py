@@ -121,8 +121,11 @@ def recent_history(train: pd.DataFrame, num_users: int, length: int) -> tuple[to
     """
     hist = torch.zeros(num_users, length, dtype=torch.long)
     mask = torch.zeros(num_users, length, dtype=torch.bool)
-    ordered = train.sort_values(["u", "ts", "i"], ascending=[True, False, True], kind="stable")
-    u, i = ordered["u"].to_numpy(np.int64), ordered["i"].to_numpy(np.int64)
+    # newest first: time descending, and among equal timestamps the later row (input order under
+    # leave-last-out, the order causal_pairs and Protocol T's sequences use), never the item id
+    rows = np.arange(len(train))
+    order = np.lexsort((-rows, -train["ts"].to_numpy(np.float64), train["u"].to_numpy(np.int64)))
+    u, i = train["u"].to_numpy(np.int64)[order], train["i"].to_numpy(np.int64)[order]
     if len(u) == 0:
         return hist, mask
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])

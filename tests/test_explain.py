@@ -21,7 +21,23 @@ def model_dir(tmp_path_factory):
 def rec(model_dir):
     r = Recommender.load(model_dir)
     r.alpha = 0.7  # whatever valid chose: the head's share must be exact for any weight
+    # a binary head: with a recency decay, removing h also re-ages the items older than h (tested below)
+    r.head_decay, r.head_weights = 1.0, None
     return r
+
+
+def test_decayed_head_shares_add_up_to_the_head_score(model_dir):
+    """With a recency decay the head's shares alpha·w_h·ii[h, j] still sum to exactly the head's score."""
+    r = Recommender.load(model_dir)
+    r.alpha, r.head_decay = 0.7, 0.8  # anonymous histories need no stored rows
+    history = [r.item_index[i] for i in r.item_ids[3:12]]  # oldest first
+    items, w = r.head_history(None, history)
+    assert np.allclose(w[np.searchsorted(items, history)], 0.8 ** np.arange(len(history) - 1, -1, -1))
+    targets = [0, 1, 20]
+    from sora.explain import head_contributions
+
+    shares = head_contributions(r, items, targets, w)
+    assert np.allclose(shares.sum(0), r.alpha * r._ii_history(items, w)[targets].numpy(), atol=1e-6)
 
 
 def test_weight_is_the_score_change_without_the_item(rec):

@@ -203,3 +203,27 @@ def test_causal_training_gives_a_history_only_model(tmp_path):
     # a known user with a recent event is exactly an anonymous history (no user token to shift)
     torch.testing.assert_close(rec.score_user_recent(u, [valid_item]), rec.score_history([*hist, valid_item]))
     assert torch.isfinite(model_scores(rec, split, "test")(np.array([u]))).all()
+
+
+def test_decayed_head_is_recency_ease_on_the_prefix_and_survives_save_load(tmp_path):
+    """With a recency decay chosen, the head of a known user reads train (+ valid for test) weighted by age."""
+    from sora.recommender import Recommender
+    from sora.text import HashEncoder
+    from sora.train import prepare, train_model
+    from tests.conftest import make_dataset
+
+    ds = make_dataset(n_users=30, n_items=40, per_user=10)
+    cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "train.max_epochs=2", "train.batch_size=64",
+                                       "model.history_len=4", "split.mode=leave-last-out", "train.head_decays=[0.7]"])
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+    rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
+    assert rec.head_decay == 0.7 and rec.head_weights is not None
+    rec.save(tmp_path / "m")
+    rec = Recommender.load(tmp_path / "m")
+    assert rec.head_decay == 0.7
+    ii = np.asarray(rec.ii, dtype=np.float32)
+    users = split.test["u"].to_numpy()[:8]
+    for part in ("valid", "test"):
+        head = model_scores(rec, split, part, 1.0)(users) - model_scores(rec, split, part, 0.0)(users)
+        want = recency_ease_scores(ii, 0.7)(users, [history_of(split, part)[u] for u in users])
+        torch.testing.assert_close(head, want, atol=1e-5, rtol=1e-5)

@@ -32,12 +32,13 @@ def tiny():
 def test_recent_history_matches_a_per_user_loop():
     train = pd.DataFrame({"u": [0, 0, 0, 1, 1, 2, 0], "i": [5, 3, 7, 1, 2, 9, 4], "ts": [1, 3, 3, 5, 4, 0, 2]})
     hist, mask = recent_history(train, 4, 3)
-    ordered = train.sort_values(["u", "ts", "i"], ascending=[True, False, True], kind="stable")
     for u in range(4):
-        items = ordered.loc[ordered["u"] == u, "i"].to_numpy()[:3]
-        assert hist[u, : len(items)].tolist() == items.tolist()
+        rows = [(ts, r, i) for r, (uu, i, ts) in enumerate(train[["u", "i", "ts"]].itertuples(index=False)) if uu == u]
+        items = [i for _, _, i in sorted(rows, reverse=True)][:3]  # newest first: time, then later row
+        assert hist[u, : len(items)].tolist() == items
         assert mask[u].sum() == len(items) and not hist[u, len(items):].any()
-    assert hist[0].tolist() == [3, 7, 4]  # newest first; equal timestamps by item index
+    # newest first; of the two items at ts 3 the later row (7) is newer: input order, not item index
+    assert hist[0].tolist() == [7, 3, 4]
 
 
 def test_prepared_once_with_timed_stages(tiny):
