@@ -1,7 +1,6 @@
 """Quality and training-speed benchmark: Sora, its ablations and the baselines on one split, one run.
 
     python benchmarks/quality.py [--data DIR] [--out benchmarks/RESULTS.md] [--max-epochs N] [--skip-large]
-    python benchmarks/quality.py --protocol T [--data DIR ...] [--seed 1] [--max-epochs N]
 
 Default protocol (DESIGN.md §4) on MovieLens-100K: Sora, Sora without its item–item head (same weights),
 ablations (no text, no Transformer, no item↔item edges, LightGCN-like = all off), MostPop, EASE, BPR-MF
@@ -9,10 +8,7 @@ ablations (no text, no Transformer, no item↔item edges, LightGCN-like = all of
 and one full-ranking pass on a synthetic catalogue of 100k items / 1M interactions to show scaling.
 Writes a Markdown section into RESULTS.md (between markers, so other benchmarks' sections stay).
 
-``--protocol T`` runs Protocol T (next item, ``split.mode=leave-last-out``, DESIGN.md §4) instead, on
-``--data`` (default MovieLens-100K) and every ``--extra-data`` directory: Sora as configured by default,
-MostPop, EASE, recency-weighted EASE (decay chosen on valid) and SASRec (early-stopped on valid), and
-writes its own "Protocol T" section. Nothing is tuned on test: every choice reads valid.
+Protocol T (next item) has its own script, ``benchmarks/protocol_t.py``.
 """
 
 from __future__ import annotations
@@ -41,8 +37,6 @@ from sora.train import train_model
 
 KEYS = ["ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10", "coverage@10", "ndcg@20", "recall@20"]
 MARK_BEGIN, MARK_END = "<!-- quality:begin -->", "<!-- quality:end -->"
-T_BEGIN, T_END = "<!-- protocol-t:begin -->", "<!-- protocol-t:end -->"
-T_KEYS = ["ndcg@10", "hit@10", "mrr@10", "coverage@10", "ndcg@20", "hit@20"]
 
 
 @contextlib.contextmanager
@@ -142,13 +136,6 @@ def main(argv=None) -> int:
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--skip-ablations", action="store_true")
-    p.add_argument("--protocol", choices=["default", "T"], default="default",
-                   help="T: next-item Protocol T (leave-last-out) on --data and every --extra-data directory")
-    p.add_argument("--extra-data", type=Path, nargs="*", default=[],
-                   help="with --protocol T: more dataset directories (layout of DESIGN.md §2)")
-    p.add_argument("--seed", type=int, default=None, help="train.seed (Sora and SASRec); default: the config's")
-    p.add_argument("--causal-row", action="store_true",
-                   help="with --protocol T: also train Sora with train.causal=true (sequence-aware) as its own row")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is fastest on a machine shared with other jobs)")
     args = p.parse_args(argv)
@@ -158,8 +145,6 @@ def main(argv=None) -> int:
         from sora.fetch import fetch_to
 
         fetch_to("movielens-100k", args.data)
-    if args.protocol == "T":
-        return protocol_t(args, argv)
     ds = load_dataset(args.data)
     base = SoraConfig()
     if args.max_epochs:
@@ -228,85 +213,6 @@ def main(argv=None) -> int:
                                                         "full_ranking_eval_s", "eval_users", "peak_mb")), ""]
     lines.append(MARK_END)
     write_section(args.out, "\n".join(lines))
-    print("\n".join(lines))
-    return 0
-
-
-def protocol_t_rows(data_dir: Path, base: SoraConfig, causal_row: bool = False) -> tuple[list[dict], dict]:
-    """Sora and the Protocol T baselines on one dataset directory; (rows, facts about the data)."""
-    from sora.evaluate import PROTOCOL_T_BASELINES, model_scores
-
-    ds = load_dataset(data_dir)
-    cfg = base.with_overrides(["split.mode=leave-last-out"])
-    split = make_split(ds, cfg.split)
-    emb, _ = embed_items(ds.items, cfg.data.item_text_template, load_encoder(cfg.text),
-                         EmbeddingCache(Path.home() / ".cache/sora/embeddings"))
-    rows: list[dict] = []
-    with peak_rss() as mem:
-        res = train_model(split, emb, ds.items, cfg, progress=True)
-    rec = res.recommender
-    for name, alpha in [("**sora**", None), ("sora without item–item head (same weights)", 0.0)]:
-        if alpha is not None and rec.ii is None:
-            continue
-        valid = evaluate_split(model_scores(rec, split, "valid", alpha), split, "valid", cfg.eval.ks)
-        test = evaluate_split(model_scores(rec, split, "test", alpha), split, "test", cfg.eval.ks)
-        rows.append({"model": name, **test, "valid ndcg@10": f"{valid['ndcg@10']:.4f}", "fit_s": res.seconds,
-                     "chosen on valid": f"epoch {res.best_epoch}/{len(res.history)}, item–item weight {rec.alpha:g}",
-                     "peak_mb": mem["peak_mb"]})
-        print(f"{data_dir} {name}: valid ndcg@10 {valid['ndcg@10']:.4f} test ndcg@10 {test['ndcg@10']:.4f}", flush=True)
-    if causal_row:  # sequence-aware training: each target sees only the items before it
-        ccfg = cfg.with_overrides(["train.causal=true"])
-        with peak_rss() as mem:
-            cres = train_model(split, emb, ds.items, ccfg, progress=True)
-        crec = cres.recommender
-        valid = evaluate_split(model_scores(crec, split, "valid"), split, "valid", cfg.eval.ks)
-        test = evaluate_split(model_scores(crec, split, "test"), split, "test", cfg.eval.ks)
-        rows.append({"model": "sora, causal training (train.causal=true)", **test,
-                     "valid ndcg@10": f"{valid['ndcg@10']:.4f}", "fit_s": cres.seconds,
-                     "chosen on valid": f"epoch {cres.best_epoch}/{len(cres.history)}, item–item weight {crec.alpha:g}",
-                     "peak_mb": mem["peak_mb"]})
-    for name, m in run_baselines(split, cfg, PROTOCOL_T_BASELINES, progress=True).items():
-        chosen = (f"decay {m['decay']:g}" if "decay" in m else
-                  f"epoch {m['best_epoch']}/{m['epochs_run']}" if "best_epoch" in m else "")
-        valid = f"{m['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in m else ""
-        rows.append({"model": name, **m, "valid ndcg@10": valid, "fit_s": m["fit_seconds"], "chosen on valid": chosen,
-                     "peak_mb": ""})
-        print(f"{data_dir} {name}: test ndcg@10 {m['ndcg@10']:.4f} ({chosen})", flush=True)
-    facts = {"interactions": len(ds.interactions), "users": split.num_users, "items": split.num_items,
-             "eval_users": len(split.test), "train": len(split.train), "encoder": emb.encoder_id}
-    return rows, facts
-
-
-def protocol_t(args, argv) -> int:
-    """``--protocol T``: every dataset directory, one table each, into the "Protocol T" section."""
-    base = SoraConfig()
-    if args.max_epochs:
-        base = base.with_overrides([f"train.max_epochs={args.max_epochs}"])
-    if args.seed is not None:
-        base = base.with_overrides([f"train.seed={args.seed}"])
-    started = dt.datetime.now(dt.UTC)
-    cmd = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [T_BEGIN, "## Protocol T: next item, leave-last-out (benchmarks/quality.py --protocol T)", "",
-             f"- command: `{cmd.strip()}` (after `make venv`)",
-             f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine()}",
-             f"- protocol (DESIGN.md §4): ratings ≥ {base.split.rating_threshold} positive; each user's positives "
-             "in time order (ties in input-file order); users with ≥ 3 give the last to test and the second-to-last "
-             "to valid; every model that takes a history reads the whole prefix (train, plus the valid item for "
-             "test: Sora through `score_user_recent`); full ranking over the catalogue, prefix excluded; "
-             f"train.seed {base.train.seed}; hyperparameters and epochs chosen on valid NDCG@10 only", ""]
-    for data_dir in [args.data, *args.extra_data]:
-        rows, facts = protocol_t_rows(data_dir, base, args.causal_row)
-        lines += [f"### {data_dir.name}: {facts['interactions']} interactions, {facts['users']} users, "
-                  f"{facts['items']} items, {facts['eval_users']} test users (one target each)", "",
-                  f"encoder {facts['encoder']}", "",
-                  table(rows, T_KEYS, ("valid ndcg@10", "fit_s", "chosen on valid", "peak_mb")), ""]
-        get = {r["model"]: r for r in rows}
-        sora = get["**sora**"]
-        ratios = ", ".join(f"{n} ×{sora['ndcg@10'] / get[n]['ndcg@10']:.3f}" for n in ("ease", "recency_ease", "sasrec")
-                           if n in get and get[n]["ndcg@10"] > 0)
-        lines += [f"Sora test NDCG@10 relative to: {ratios}.", ""]
-    lines.append(T_END)
-    write_section(args.out, "\n".join(lines), T_BEGIN, T_END)
     print("\n".join(lines))
     return 0
 

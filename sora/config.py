@@ -162,10 +162,24 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch default
     #: Sequence-aware training (Protocol T): every training item is a target seen only through the
     #: ``model.history_len`` items before it in the user's sequence (anonymous user token, no future).
-    causal: bool = False
+    #: null = on exactly when ``split.mode`` is leave-last-out (next-item data); true / false force it.
+    causal: bool | None = None
     #: Recency decays of the item–item head tried on valid (with its weight): a history item of age a
     #: (0 = the newest) weighs decay**a. (1.0,) keeps the head binary. Needs timestamps to mean anything.
     head_decays: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
+
+
+@dataclass
+class TuneConfig:
+    """Hyperparameters chosen on the valid split of the data at hand (what cannot be chosen after training).
+
+    Each entry of ``grid`` is ``key=v1,v2,...``; training runs once per combination (the other keys as
+    configured) and keeps the model with the best valid NDCG@10, the head's weight and decay chosen for
+    each. An empty grid trains once. Epochs (early stopping), the item–item head's weight and its recency
+    decay are always chosen on valid, without extra trainings.
+    """
+
+    grid: tuple[str, ...] = ("train.temperature=0.2,1.0",)
 
 
 @dataclass
@@ -252,10 +266,16 @@ class SoraConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+
+    @property
+    def causal_training(self) -> bool:
+        """Whether training is sequence-aware: ``train.causal``, or by default whether the split is next-item."""
+        return self.train.causal if self.train.causal is not None else self.split.mode == "leave-last-out"
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -548,6 +568,14 @@ def _check_cross(cfg: SoraConfig) -> None:
                           f"got {cfg.graph.item_edges!r}")
     if not cfg.eval.ks:
         raise ConfigError("eval.ks may not be empty")
+    for entry in cfg.tune.grid:
+        key, sep, values = entry.partition("=")
+        if not sep or not values.strip() or any(not v.strip() for v in values.split(",")):
+            raise ConfigError(f"tune.grid entries look like 'section.key=v1,v2'; got {entry!r}")
+        key = key.strip()
+        section, _, name = key.partition(".")
+        if key.startswith("tune.") or not hasattr(getattr(cfg, section, None), name) or section == "split":
+            raise ConfigError(f"tune.grid: {key!r} is not a key training can vary (any key outside split and tune)")
     if not cfg.train.head_decays:
         raise ConfigError("train.head_decays may not be empty (1.0 alone keeps the item–item head binary)")
     if cfg.validation.rating_min > cfg.validation.rating_max:

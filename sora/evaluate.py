@@ -51,20 +51,22 @@ PROTOCOL_T_BASELINES = ("mostpop", "ease", "recency_ease", "sasrec")
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 
 
-def evaluate_split(score_fn: ScoreFn, split: Split, part: str, ks: tuple[int, ...], batch_size: int = 1024) -> dict[str, float]:
-    """Full-ranking metrics of ``score_fn`` on ``part`` ('valid' or 'test') of ``split``."""
+def evaluate_split(score_fn: ScoreFn, split: Split, part: str, ks: tuple[int, ...], batch_size: int = 1024,
+                   per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Full-ranking metrics of ``score_fn`` on ``part`` ('valid' or 'test') of ``split`` (``per_user``: see
+    :func:`~sora.metrics.evaluate_scores`)."""
     exclude = split.matrix("train") if part == "valid" else split.matrix("train", "valid")
     cold = split.spec.mode == "cold-item"
     candidates = (split.cold_valid_items if part == "valid" else split.cold_test_items) if cold else None
     df = split.part(part)
     return evaluate_scores(score_fn, df["u"].to_numpy(), df["i"].to_numpy(), split.num_items, ks, exclude,
-                           candidates, batch_size)
+                           candidates, batch_size, per_user)
 
 
 def evaluate_history(fn: HistoryScoreFn, split: Split, part: str, ks: tuple[int, ...],
-                     batch_size: int = 1024) -> dict[str, float]:
+                     batch_size: int = 1024, per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Like :func:`evaluate_split`, for a model fed each user's prefix before ``part``'s target (Protocol T)."""
-    return evaluate_split(with_histories(fn, history_of(split, part)), split, part, ks, batch_size)
+    return evaluate_split(with_histories(fn, history_of(split, part)), split, part, ks, batch_size, per_user)
 
 
 def model_scores(rec: Recommender, split: Split, part: str, alpha: float | None = None) -> ScoreFn:
@@ -163,8 +165,11 @@ def lightgcn_config(cfg: SoraConfig) -> SoraConfig:
 
 
 def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddings: ItemEmbeddings | None = None,
-                  items: pd.DataFrame | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
+                  items: pd.DataFrame | None = None, progress: bool = False,
+                  per_user: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, Any]]:
     """Fit each baseline on the split's training part; return test metrics (plus fit seconds) per baseline.
+
+    ``per_user``: filled with each baseline's per-user test metrics (see :func:`~sora.metrics.evaluate_scores`).
 
     On a leave-last-out split each also reports ``valid_ndcg@10`` (recency_ease its chosen ``decay``,
     sasrec its ``best_epoch``); the sequence baselines are skipped, with a warning, on other splits.
@@ -217,12 +222,13 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
         else:
             raise ValueError(f"unknown baseline {name!r}")
         fit_s = time.perf_counter() - start
+        pu = None if per_user is None else per_user.setdefault(name, {})
         if hist_fn is not None:
-            out[name] = evaluate_history(hist_fn, split, "test", cfg.eval.ks, cfg.eval.batch_size)
+            out[name] = evaluate_history(hist_fn, split, "test", cfg.eval.ks, cfg.eval.batch_size, pu)
             if "valid_ndcg@10" not in extra:
                 extra["valid_ndcg@10"] = evaluate_history(hist_fn, split, "valid", (10,), cfg.eval.batch_size)["ndcg@10"]
         else:
-            out[name] = evaluate_split(fn, split, "test", cfg.eval.ks, cfg.eval.batch_size)
+            out[name] = evaluate_split(fn, split, "test", cfg.eval.ks, cfg.eval.batch_size, pu)
             if sequential:
                 extra["valid_ndcg@10"] = evaluate_split(fn, split, "valid", (10,), cfg.eval.batch_size)["ndcg@10"]
         out[name].update(extra)

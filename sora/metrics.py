@@ -14,8 +14,12 @@ import torch
 METRICS = ("recall", "ndcg", "hit", "mrr", "precision")
 
 
-def metrics_from_topk(topk: np.ndarray, relevant: list[set[int]], ks: tuple[int, ...], num_items: int) -> dict[str, float]:
-    """topk (N, Kmax) ranked item indices; relevant: N sets of ground-truth items. Returns ``name@K`` → mean."""
+def metrics_from_topk(topk: np.ndarray, relevant: list[set[int]], ks: tuple[int, ...], num_items: int,
+                      per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """topk (N, Kmax) ranked item indices; relevant: N sets of ground-truth items. Returns ``name@K`` → mean.
+
+    ``per_user``: a dict to fill with each metric's (N,) per-user values (paired tests across models).
+    """
     ks = tuple(sorted(ks))
     kmax = max(ks)
     if topk.shape[1] < kmax:  # fewer candidates than K: the missing slots are misses
@@ -30,7 +34,7 @@ def metrics_from_topk(topk: np.ndarray, relevant: list[set[int]], ks: tuple[int,
         n_hit = h.sum(1)
         idcg = np.array([discounts[: int(min(n, k))].sum() for n in n_rel])
         first = np.where(h.any(1), h.argmax(1) + 1, np.inf)
-        per_user = {
+        values = {
             "recall": n_hit / np.maximum(n_rel, 1),
             "ndcg": (h * discounts[:k]).sum(1) / np.maximum(idcg, 1e-12),
             "hit": (n_hit > 0).astype(float),
@@ -38,7 +42,9 @@ def metrics_from_topk(topk: np.ndarray, relevant: list[set[int]], ks: tuple[int,
             "precision": n_hit / k,
         }
         for name in METRICS:
-            out[f"{name}@{k}"] = float(per_user[name].mean()) if len(relevant) else 0.0
+            out[f"{name}@{k}"] = float(values[name].mean()) if len(relevant) else 0.0
+            if per_user is not None:
+                per_user[f"{name}@{k}"] = values[name]
         shown = np.unique(topk[:, :k])
         out[f"coverage@{k}"] = float((shown >= 0).sum() / num_items) if len(relevant) else 0.0
     return out
@@ -85,14 +91,19 @@ def relevant_sets(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, lis
 
 def evaluate_scores(score_fn: ScoreFn, eval_users: np.ndarray, eval_items: np.ndarray, num_items: int,
                     ks: tuple[int, ...], exclude: sp.csr_matrix | None = None, candidates: np.ndarray | None = None,
-                    batch_size: int = 1024) -> dict[str, float]:
-    """Full-ranking metrics of ``score_fn`` on (user, item) ground-truth pairs."""
+                    batch_size: int = 1024, per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Full-ranking metrics of ``score_fn`` on (user, item) ground-truth pairs.
+
+    ``per_user``: filled with ``"users"`` (sorted user indices) and each metric's per-user values.
+    """
     users, relevant = relevant_sets(eval_users, eval_items)
+    if per_user is not None:
+        per_user["users"] = users
     if len(users) == 0:
         return {f"{m}@{k}": 0.0 for k in ks for m in (*METRICS, "coverage")}
     topk = rank_all(score_fn, users, max(ks), exclude, candidates, batch_size, num_items)
     n_cand = num_items if candidates is None else len(candidates)
-    return metrics_from_topk(topk, relevant, ks, n_cand)
+    return metrics_from_topk(topk, relevant, ks, n_cand, per_user)
 
 
 def metric_name(key: str) -> str:

@@ -13,6 +13,7 @@ Deterministic on CPU for a seed (torch, numpy and DGL seeded). The device comes 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from sora.training_prep import (
 log = logging.getLogger(__name__)
 
 __all__ = ["ALPHA_GRID", "Prepared", "TrainResult", "item_item_head", "prepare", "prepare_training",
-           "recent_history", "resolve_device", "seed_everything", "train_model"]
+           "recent_history", "resolve_device", "seed_everything", "train_model", "tuning_trials"]
 
 
 @dataclass
@@ -54,6 +55,8 @@ class TrainResult:
     seconds: float = 0.0
     valid: dict[str, float] = field(default_factory=dict)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the preparation, kept only while tuning trials share it
+    prepared: Prepared | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -97,13 +100,59 @@ def build_model(prep: Prepared, cfg: SoraConfig):
     return SoraModel(mc, prep.split.num_users, prep.split.num_items, text_dim, prep.warm, encoder).to(prep.device)
 
 
+#: keys a tuning trial may change without preparing the data again (the graph, histories and head stay)
+_SHARES_PREPARATION = ("train.temperature", "train.lr", "train.weight_decay", "train.max_epochs", "train.patience",
+                       "model.dropout", "model.transformer_layers", "model.transformer_heads", "model.anonymous_prob")
+
+
+def tuning_trials(cfg: SoraConfig) -> list[list[str]]:
+    """One override list per combination of ``tune.grid`` (in grid order); ``[[]]`` without a grid."""
+    axes = []
+    for entry in cfg.tune.grid:
+        key, _, values = entry.partition("=")
+        axes.append([f"{key.strip()}={v.strip()}" for v in values.split(",")])
+    return [list(c) for c in itertools.product(*axes)]
+
+
 def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
                 user_edges_df: pd.DataFrame | None = None, progress: bool = True,
                 prepared: Prepared | None = None) -> TrainResult:
     """Train Sora on ``split`` and return the fitted recommender with its per-epoch history.
 
+    With a ``tune.grid``, trains once per combination and returns the one with the best valid NDCG@10
+    (the first of equals); its config carries the chosen values and ``meta["tuning"]`` every trial.
     ``prepared`` reuses a :class:`Prepared` built earlier for the same split and config.
     """
+    start = time.perf_counter()
+    trials = tuning_trials(cfg)
+    if len(trials) == 1:
+        return _train_once(split, embeddings, items, cfg.with_overrides(trials[0]), user_edges_df, progress, prepared)
+    shared = all(o.split("=", 1)[0] in _SHARES_PREPARATION for o in trials[0])
+    best: TrainResult | None = None
+    report = []
+    prepared = prepared if shared else None  # a caller's preparation fits trials that do not change it
+    for n, overrides in enumerate(trials, 1):
+        log.info("tuning on valid, trial %d/%d: %s", n, len(trials), " ".join(overrides))
+        res = _train_once(split, embeddings, items, cfg.with_overrides(overrides), user_edges_df, progress,
+                          prepared, keep_prepared=shared)
+        prepared, res.prepared = res.prepared, None
+        report.append({"overrides": overrides, "valid_ndcg@10": res.valid.get("ndcg@10", 0.0),
+                       "best_epoch": res.best_epoch, "seconds": round(res.seconds, 1)})
+        log.info("trial %d/%d: valid ndcg@10 %.4f", n, len(trials), report[-1]["valid_ndcg@10"])
+        if best is None or report[-1]["valid_ndcg@10"] > best.valid.get("ndcg@10", 0.0):
+            best = res
+    assert best is not None
+    best.seconds = time.perf_counter() - start
+    best.recommender.meta["tuning"] = report
+    best.recommender.meta["train_seconds"] = best.seconds
+    chosen = next(r["overrides"] for r in report if r["valid_ndcg@10"] == best.valid.get("ndcg@10", 0.0))
+    log.info("tuned on valid: %s (valid ndcg@10 %.4f)", " ".join(chosen), best.valid.get("ndcg@10", 0.0))
+    return best
+
+
+def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
+                user_edges_df: pd.DataFrame | None, progress: bool, prepared: Prepared | None,
+                keep_prepared: bool = False) -> TrainResult:
     start = time.perf_counter()
     tc = cfg.train
     device = resolve_device(tc.device)  # an impossible device fails here, before any work
@@ -116,12 +165,14 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     model = build_model(prep, cfg)
     loop = run_epochs(model, prep, cfg, progress)
     rec = fit(model, prep, prep.ii)
+    rec.config = cfg  # a shared preparation was built with another trial's config
     rec.meta.update({"best_epoch": loop.best.epoch, "epochs_run": len(loop.history), "history": loop.history,
                      "prepare": prep.stages})
     valid = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, prep.x_train,
                          split.cold_valid_items if split.spec.mode == "cold-item" else None,
                          sequences(split, "train"))
-    result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages)
+    result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages,
+                         prep if keep_prepared else None)
     info["peak_memory_gb"] = peak_device_memory_gb(device)
     info["peak_rss_mb"] = round(peak_rss_mb(), 1)
     rec.meta["device"] = info

@@ -224,7 +224,7 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
     with stage("history"):
         hist, hmask = recent_history(split.train, nu, mc.history_len)
         pair_hist = pair_hmask = None
-        if cfg.train.causal:
+        if cfg.causal_training:
             cu, ci, pair_hist, pair_hmask = causal_pairs(split.train, mc.history_len)
             pairs = (cu, ci)
     ii = None

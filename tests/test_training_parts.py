@@ -6,11 +6,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sora.config import SoraConfig
+from sora.config import ConfigError, SoraConfig
 from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
 from sora.selection import ALPHA_GRID, BestEpoch, select_alpha
 from sora.text import HashEncoder
-from sora.train import build_model, prepare, recent_history, resolve_device, train_model
+from sora.train import build_model, prepare, recent_history, resolve_device, train_model, tuning_trials
 from sora.training_loop import fit, run_epochs, softmax_loss
 from sora.training_prep import check_item_item_head, item_item_head, prepare_training
 from tests.conftest import make_dataset
@@ -148,6 +148,32 @@ def test_select_alpha_picks_from_the_grid(tiny):
     rec.ii = None
     metrics = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, split.matrix("train"))
     assert "ndcg@10" in metrics
+
+
+def test_tuning_trains_each_grid_value_and_keeps_the_best_on_valid(tiny):
+    ds, cfg, split, emb = tiny
+    grid = cfg.with_overrides(['tune.grid=["train.temperature=0.3,1.0", "train.lr=0.01,0.02"]'])
+    assert tuning_trials(grid) == [["train.temperature=0.3", "train.lr=0.01"], ["train.temperature=0.3", "train.lr=0.02"],
+                                   ["train.temperature=1.0", "train.lr=0.01"], ["train.temperature=1.0", "train.lr=0.02"]]
+    result = train_model(split, emb, ds.items, grid, progress=False)
+    trials = result.recommender.meta["tuning"]
+    assert [t["overrides"] for t in trials] == tuning_trials(grid)
+    best = max(trials, key=lambda t: t["valid_ndcg@10"])
+    assert result.valid["ndcg@10"] == best["valid_ndcg@10"]
+    chosen = result.recommender.config.train
+    assert [f"train.temperature={chosen.temperature}", f"train.lr={chosen.lr}"] == best["overrides"]
+    # each trial is the single training it names (same seed, same data)
+    alone = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]", *trials[-1]["overrides"]]),
+                        progress=False)
+    assert alone.valid["ndcg@10"] == pytest.approx(trials[-1]["valid_ndcg@10"], abs=1e-6)
+    assert "tuning" not in alone.recommender.meta
+
+
+@pytest.mark.parametrize("entry", ["train.temperature", "train.temperature=", "split.seed=1,2", "tune.grid=x",
+                                   "model.nope=1,2", "train.temperature=0.2,,1"])
+def test_bad_tuning_grid_is_a_config_error(entry):
+    with pytest.raises(ConfigError, match="tune.grid"):
+        SoraConfig().with_overrides([f'tune.grid=["{entry}"]'])
 
 
 # ------------------------------------------------------------------------------------------- device

@@ -1,0 +1,187 @@
+"""Protocol T (next item, ``split.mode=leave-last-out``, DESIGN.md §4): Sora against the sequence baselines.
+
+    python benchmarks/protocol_t.py [--data DIR ...] [--seeds 1 2 3] [--skip-ablations] [--threads 1]
+
+For every dataset directory (default MovieLens-100K): one split; Sora as a user gets it with
+``split.mode=leave-last-out`` (causal training, everything else chosen on valid) and SASRec trained
+once per seed; MostPop, EASE and recency-weighted EASE (deterministic) once. Reports mean ± std over
+the seeds, a paired bootstrap over test users of Sora against the best baseline (each user's NDCG@10
+averaged over the seeds first), and, on the first seed, the ablations: no Transformer, no text, no
+graph propagation, no item–item head (same weights). Writes the "Protocol T" section of RESULTS.md.
+Nothing is chosen on test: epochs, the head's weight and decay, recency-EASE's decay all read valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import write_section  # noqa: E402
+from quality import machine, peak_rss  # noqa: E402
+
+from sora.config import SoraConfig  # noqa: E402
+from sora.data import load_dataset  # noqa: E402
+from sora.evaluate import evaluate_split, model_scores, run_baselines  # noqa: E402
+from sora.split import make_split  # noqa: E402
+from sora.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
+from sora.train import train_model  # noqa: E402
+
+BEGIN, END = "<!-- protocol-t:begin -->", "<!-- protocol-t:end -->"
+KEYS = ("ndcg@10", "hit@10", "mrr@10", "coverage@10", "ndcg@20")
+ABLATIONS = {
+    "no Transformer": ["model.use_transformer=false"],
+    "no text": ["model.use_text=false"],
+    "no graph propagation": ["model.num_layers=0", "graph.item_edges=none", "graph.user_edges=none"],
+}
+DETERMINISTIC = ("mostpop", "ease", "recency_ease")
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 5000, seed: int = 0) -> dict[str, float]:
+    """Ratio of means a/b over users resampled with replacement (paired): point, 95% interval, P(ratio ≤ 1)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (n, len(a)))
+    ratios = a[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-12)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    return {"ratio": float(a.mean() / max(b.mean(), 1e-12)), "lo": float(lo), "hi": float(hi),
+            "p_not_better": float((ratios <= 1.0).mean())}
+
+
+def train_sora(split, emb, items, cfg: SoraConfig) -> dict:
+    """Train on ``split`` and score valid and test; per-user test NDCG@10 with and without the head."""
+    with peak_rss() as mem:
+        res = train_model(split, emb, items, cfg, progress=True)
+    rec = res.recommender
+    out = {"fit_s": res.seconds, "peak_mb": mem["peak_mb"], "epoch": f"{res.best_epoch}/{len(res.history)}",
+           "alpha": rec.alpha, "decay": rec.head_decay}
+    for label, alpha in (("", None), ("nohead_", 0.0)):
+        per_user: dict[str, np.ndarray] = {}
+        out[label + "valid"] = evaluate_split(model_scores(rec, split, "valid", alpha), split, "valid", (10,))
+        out[label + "test"] = evaluate_split(model_scores(rec, split, "test", alpha), split, "test", (10, 20),
+                                             per_user=per_user)
+        out[label + "per_user"] = per_user["ndcg@10"]
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: bool) -> list[str]:
+    ds = load_dataset(data_dir)
+    cfg = base.with_overrides(["split.mode=leave-last-out"])
+    split = make_split(ds, cfg.split)
+    emb, _ = embed_items(ds.items, cfg.data.item_text_template, load_encoder(cfg.text),
+                         EmbeddingCache(Path.home() / ".cache/sora/embeddings"))
+    runs: dict[str, list[dict]] = {"sora": [], "sasrec": []}
+    per_user: dict[str, list[np.ndarray]] = {"sora": [], "sasrec": []}
+    base_per_user: dict[str, dict] = {}
+    det = run_baselines(split, cfg, DETERMINISTIC, per_user=base_per_user)
+    for seed in seeds:
+        scfg = cfg.with_overrides([f"train.seed={seed}"])
+        r = train_sora(split, emb, ds.items, scfg)
+        runs["sora"].append(r)
+        per_user["sora"].append(r["per_user"])
+        print(f"{data_dir.name} seed {seed} sora: valid {r['valid']['ndcg@10']:.4f} test {r['test']['ndcg@10']:.4f}",
+              flush=True)
+        pu: dict[str, dict] = {}
+        m = run_baselines(split, scfg, ("sasrec",), per_user=pu)["sasrec"]
+        runs["sasrec"].append({"test": m, "valid": {"ndcg@10": m["valid_ndcg@10"]}, "fit_s": m["fit_seconds"],
+                               "epoch": f"{m['best_epoch']}/{m['epochs_run']}"})
+        per_user["sasrec"].append(pu["sasrec"]["ndcg@10"])
+        print(f"{data_dir.name} seed {seed} sasrec: test {m['ndcg@10']:.4f}", flush=True)
+    rows = []
+
+    def row(name: str, tests: list[dict], valids: list[float], chosen: str, fit_s: float) -> None:
+        rows.append([name, *(mean_std([t[k] for t in tests]) for k in KEYS), mean_std(valids), chosen, f"{fit_s:.0f}"])
+
+    s = runs["sora"]
+    row("**sora**", [r["test"] for r in s], [r["valid"]["ndcg@10"] for r in s],
+        "; ".join(f"epoch {r['epoch']}, head weight {r['alpha']:.3g}, decay {r['decay']:g}" for r in s),
+        np.mean([r["fit_s"] for r in s]))
+    row("sora without item–item head (same weights)", [r["nohead_test"] for r in s],
+        [r["nohead_valid"]["ndcg@10"] for r in s], "", np.mean([r["fit_s"] for r in s]))
+    for name in DETERMINISTIC:
+        m = det[name]
+        row(name, [m], [m["valid_ndcg@10"]], f"decay {m['decay']:g}" if "decay" in m else "", m["fit_seconds"])
+    q = runs["sasrec"]
+    row("sasrec", [r["test"] for r in q], [r["valid"]["ndcg@10"] for r in q], "; ".join(f"epoch {r['epoch']}" for r in q),
+        np.mean([r["fit_s"] for r in q]))
+    means = {"sasrec": np.mean(per_user["sasrec"], 0), **{n: base_per_user[n]["ndcg@10"] for n in DETERMINISTIC}}
+    best = max(means, key=lambda n: means[n].mean())
+    sora_users = np.mean(per_user["sora"], 0)
+    boot = paired_bootstrap(sora_users, means[best])
+    n_seeds = len(seeds)
+    lines = [f"### {data_dir.name}: {len(ds.interactions)} interactions, {split.num_users} users, "
+             f"{split.num_items} items, {len(split.test)} test users (one target each)", "",
+             f"Encoder {emb.encoder_id}; train seeds {', '.join(map(str, seeds))} (Sora and SASRec: mean ± std over "
+             f"{n_seeds} trainings; MostPop, EASE and recency-EASE are deterministic).", "",
+             "| model | " + " | ".join(KEYS) + " | valid ndcg@10 | chosen on valid | fit_s |",
+             "|" + "---|" * (len(KEYS) + 4),
+             *("| " + " | ".join(r) + " |" for r in rows), "",
+             f"**Sora vs the best baseline ({best})**: test NDCG@10 ×{boot['ratio']:.3f} (users' NDCG@10 averaged "
+             f"over the seeds; paired bootstrap over the {len(sora_users)} test users, 5,000 resamples: 95% interval "
+             f"×{boot['lo']:.3f} – ×{boot['hi']:.3f}, P(ratio ≤ 1) = {boot['p_not_better']:.3f}).",
+             "Per seed, against the same seed's run of the best baseline: "
+             + ", ".join(f"×{r['test']['ndcg@10'] / (q[k]['test'] if best == 'sasrec' else det[best])['ndcg@10']:.3f}"
+                         for k, r in enumerate(s)) + ".", ""]
+    if ablations:
+        full = s[0]
+        abl = [[f"**sora** (seed {seeds[0]})", f"{full['test']['ndcg@10']:.4f}", f"{full['valid']['ndcg@10']:.4f}",
+                "", f"{full['fit_s']:.0f}"],
+               ["no item–item head (same weights)", f"{full['nohead_test']['ndcg@10']:.4f}",
+                f"{full['nohead_valid']['ndcg@10']:.4f}", f"×{full['nohead_test']['ndcg@10'] / full['test']['ndcg@10']:.3f}",
+                f"{full['fit_s']:.0f}"]]
+        for name, overrides in ABLATIONS.items():
+            r = train_sora(split, emb, ds.items, cfg.with_overrides([f"train.seed={seeds[0]}", *overrides]))
+            abl.append([name, f"{r['test']['ndcg@10']:.4f}", f"{r['valid']['ndcg@10']:.4f}",
+                        f"×{r['test']['ndcg@10'] / full['test']['ndcg@10']:.3f}", f"{r['fit_s']:.0f}"])
+            print(f"{data_dir.name} ablation {name}: test {r['test']['ndcg@10']:.4f}", flush=True)
+        lines += [f"Ablations (seed {seeds[0]}, each trained and chosen on valid like Sora; `{'`, `'.join(' '.join(o) for o in ABLATIONS.values())}`):", "",
+                  "| ablation | test ndcg@10 | valid ndcg@10 | vs full Sora | fit_s |", "|---|---|---|---|---|",
+                  *("| " + " | ".join(r) + " |" for r in abl), ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, nargs="+", default=[Path(".sora/bench/ml-100k")])
+    p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="train.seed values (Sora and SASRec)")
+    p.add_argument("--skip-ablations", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every Sora run")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.data[0].exists() and args.data[0] == Path(".sora/bench/ml-100k"):
+        from sora.fetch import fetch_to
+
+        fetch_to("movielens-100k", args.data[0])
+    base = SoraConfig().with_overrides(args.set)
+    started = dt.datetime.now(dt.UTC)
+    cmd = "python benchmarks/protocol_t.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [BEGIN, "## Protocol T: next item, leave-last-out (benchmarks/protocol_t.py)", "",
+             f"- command: `{cmd.strip()}` (after `make venv`)",
+             f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine()}",
+             f"- protocol (DESIGN.md §4): ratings ≥ {base.split.rating_threshold} positive; each user's positives in "
+             "time order (ties in input-file order); users with ≥ 3 give the last to test and the second-to-last to "
+             "valid; every model reads the whole prefix (train, plus the valid item for test: Sora through "
+             "`score_user_recent`); full ranking over the catalogue, prefix excluded; everything chosen on valid "
+             "NDCG@10 only", ""]
+    for data_dir in args.data:
+        lines += run_dataset(data_dir, base, args.seeds, not args.skip_ablations)
+    lines.append(END)
+    write_section(args.out, BEGIN, END, "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
