@@ -1,6 +1,7 @@
 """Quality and training-speed benchmark: Sora, its ablations and the baselines on one split, one run.
 
     python benchmarks/quality.py [--data DIR] [--out benchmarks/RESULTS.md] [--max-epochs N] [--skip-large]
+    python benchmarks/quality.py --split-seeds 5     # Sora vs EASE over five random splits
 
 Default protocol (DESIGN.md §4) on MovieLens-100K: Sora, Sora without its item–item head (same weights),
 ablations (no text, no Transformer, no item↔item edges, LightGCN-like = all off), MostPop, EASE, BPR-MF
@@ -37,6 +38,7 @@ from sora.train import train_model
 
 KEYS = ["ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10", "coverage@10", "ndcg@20", "recall@20"]
 MARK_BEGIN, MARK_END = "<!-- quality:begin -->", "<!-- quality:end -->"
+SEEDS_BEGIN, SEEDS_END = "<!-- split-seeds:begin -->", "<!-- split-seeds:end -->"
 
 
 @contextlib.contextmanager
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--skip-ablations", action="store_true")
+    p.add_argument("--split-seeds", type=int, default=0, metavar="N",
+                   help="instead: Sora vs EASE on N random splits (split.seed 2020, 2021, …), mean ratio")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (1 is fastest on a machine shared with other jobs)")
     args = p.parse_args(argv)
@@ -153,16 +157,20 @@ def main(argv=None) -> int:
     encoder = load_encoder(base.text)
     emb, _ = embed_items(ds.items, base.data.item_text_template, encoder, EmbeddingCache(Path.home() / ".cache/sora/embeddings"))
 
+    if args.split_seeds:
+        return split_seeds(args, argv, ds, emb, base, started)
     rows: list[dict] = []
     split = make_split(ds, base.split)
-    train_row("**sora**", split, emb, ds.items, base, rows, "sora without item–item head (same weights)")
+    res = train_row("**sora**", split, emb, ds.items, base, rows, "sora without item–item head (same weights)")
     if not args.skip_ablations:
+        # ablations train once, at the temperature full Sora chose on valid
+        fixed = base.with_overrides(["tune.grid=[]", f"train.temperature={res.recommender.config.train.temperature}"])
         for name, flag in [("ablation: no text", "model.use_text=false"),
                            ("ablation: no Transformer", "model.use_transformer=false"),
-                           ("ablation: no item↔item edges", "model.use_item_edges=false")]:
-            train_row(name, split, emb, ds.items, base.with_overrides([flag]), rows)
+                           ("ablation: no item↔item edges", "graph.item_edges=none")]:
+            train_row(name, split, emb, ds.items, fixed.with_overrides([flag]), rows)
         train_row("lightgcn (ablation: ids only, no text/Transformer/side edges/item–item head)", split, None,
-                  ds.items, lightgcn_config(base), rows)
+                  ds.items, lightgcn_config(fixed), rows)
     for name, m in run_baselines(split, base, ("mostpop", "ease", "bpr")).items():
         rows.append({"model": name, **m, "train_s": m["fit_seconds"], "epochs": "", "epoch_s": "", "peak_mb": ""})
 
@@ -213,6 +221,36 @@ def main(argv=None) -> int:
                                                         "full_ranking_eval_s", "eval_users", "peak_mb")), ""]
     lines.append(MARK_END)
     write_section(args.out, "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def split_seeds(args, argv, ds: Dataset, emb, base: SoraConfig, started) -> int:
+    """``--split-seeds N``: Sora (defaults) vs EASE on N random splits; its own RESULTS.md section."""
+    rows = []
+    for k in range(args.split_seeds):
+        cfg = base.with_overrides([f"split.seed={2020 + k}"])
+        split = make_split(ds, cfg.split)
+        res = train_model(split, emb, ds.items, cfg, progress=True)
+        rec = res.recommender
+        sora = evaluate_split(rec.score_users, split, "test", (10,))["ndcg@10"]
+        ease = run_baselines(split, cfg, ("ease",))["ease"]["ndcg@10"]
+        rows.append((2020 + k, sora, ease, rec.config.train.temperature, rec.alpha, rec.head_decay, res.seconds))
+        print(f"split seed {2020 + k}: sora {sora:.4f} ease {ease:.4f} ×{sora / ease:.3f}", flush=True)
+    ratios = np.array([r[1] / r[2] for r in rows])
+    s, e = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    cmd = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [SEEDS_BEGIN, "## Random split over split seeds: Sora vs EASE (benchmarks/quality.py --split-seeds)", "",
+             f"- command: `{cmd.strip()}`", f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine()}",
+             "- MovieLens-100K, default protocol and config; each split's own valid chooses Sora's temperature, "
+             "epochs, head weight and decay; test NDCG@10", "",
+             "| split.seed | Sora | EASE | Sora / EASE | temperature | head weight | decay | fit_s |", "|---|---|---|---|---|---|---|---|",
+             *(f"| {r[0]} | {r[1]:.4f} | {r[2]:.4f} | ×{r[1] / r[2]:.3f} | {r[3]:g} | {r[4]:.3g} | {r[5]:g} | {r[6]:.0f} |"
+               for r in rows), "",
+             f"Mean over {len(rows)} splits: Sora {s.mean():.4f} ± {s.std(ddof=1) if len(s) > 1 else 0:.4f}, EASE "
+             f"{e.mean():.4f} ± {e.std(ddof=1) if len(e) > 1 else 0:.4f}; ratio of means ×{s.mean() / e.mean():.3f}, "
+             f"per-split ratios ×{ratios.min():.3f} – ×{ratios.max():.3f}.", "", SEEDS_END]
+    write_section(args.out, "\n".join(lines), SEEDS_BEGIN, SEEDS_END)
     print("\n".join(lines))
     return 0
 

@@ -230,8 +230,13 @@ def load_model(model_uri: str):
 
 
 def train_summary(result) -> dict[str, Any]:
+    """What training chose on valid, for the pipeline's Model artifact and the CLI."""
+    rec = result.recommender
     return {"best_epoch": result.best_epoch, "epochs": len(result.history), "seconds": round(result.seconds, 2),
-            **{f"valid_{k}": v for k, v in result.valid.items()}}
+            "temperature": rec.config.train.temperature, "head_weight": round(float(rec.alpha), 4),
+            "head_decay": rec.head_decay,
+            **{f"valid_{k}": v for k, v in result.valid.items()},
+            **{f"tuning: {' '.join(t['overrides'])}": round(t["valid_ndcg@10"], 4) for t in rec.meta.get("tuning", [])}}
 
 
 # ------------------------------------------------------------------------------------------ evaluate

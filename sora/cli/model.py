@@ -57,6 +57,11 @@ def cmd_train(args) -> int:
     print(f"trained in {result.seconds:.1f}s, best epoch {result.best_epoch}/{len(result.history)}: "
           f"valid ndcg@10 {v.get('ndcg@10', 0):.4f}, recall@10 {v.get('recall@10', 0):.4f}"
           + (f" on {device.get('name', device) if isinstance(device, dict) else device}" if device else ""))
+    rec = result.recommender
+    trials = "; ".join(f"{' '.join(t['overrides'])}: {t['valid_ndcg@10']:.4f}" for t in rec.meta.get("tuning", []))
+    print(f"chosen on valid: temperature {rec.config.train.temperature:g}"
+          + (f" (valid ndcg@10 by trial: {trials})" if trials else "")
+          + f", item–item head weight {rec.alpha:.3g}, recency decay {rec.head_decay:g}")
     print(f"model: {args.out}")
     return EXIT_OK
 
