@@ -539,6 +539,12 @@ class Recommender:
             if ann.size != ni or int(ann.index.d) != config.model.dim:
                 raise ModelLoadError(f"{index_path}: index holds {ann.size} vectors of {ann.index.d} dims, the model "
                                      f"{ni} items of {config.model.dim}")
+        # safetensors hands out tensors at arbitrary offsets of its buffer; BLAS picks other kernels for
+        # unaligned memory, so scores would differ from the saved model's in the last bit. Fresh copies
+        # are aligned: a loaded model scores exactly like the one that was saved.
+        for name in ("user_vectors", "item_vectors", "item_tokens", "user_tokens", "item_text"):
+            if name in t:
+                t[name] = t[name].clone()
         fields = {k: v for k, v in meta.items() if k not in _OWN_META}
         return cls(config=config, model=model, user_ids=meta["user_ids"], item_ids=meta["item_ids"], items=items,
                    user_vectors=t["user_vectors"], item_vectors=t["item_vectors"], item_tokens=t["item_tokens"],

@@ -49,7 +49,7 @@ def _run(tmp_path, data, *overrides, margin="0.0"):
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-baselines", "--margin", margin,
             "--embedding-cache", str(tmp_path / "cache"),
             "--set", "text.model=hash:16", "--set", "train.batch_size=128", "--set", "model.history_len=4",
-            "--set", "train.patience=20"]
+            "--set", "train.patience=20", "--set", "tune.grid=[]"]  # one training each: these tests are about promotion
     for o in overrides:
         argv += ["--set", o]
     return main(argv)
