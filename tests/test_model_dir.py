@@ -112,6 +112,21 @@ def test_inconsistent_interaction_matrix_is_caught(model_dir):
         Recommender.load(model_dir)
 
 
+@pytest.mark.parametrize("decay", [0, 1.5, "x", True])
+def test_bad_head_decay_names_meta_json(model_dir, decay):
+    _edit_json(model_dir / "meta.json", lambda m: m.update(head_decay=decay))
+    with pytest.raises(ModelLoadError, match="meta.json: 'head_decay'"):
+        Recommender.load(model_dir)
+
+
+def test_decayed_head_without_its_tensors_is_named(model_dir):
+    _edit_json(model_dir / "meta.json", lambda m: m.update(head_decay=0.9))
+    _edit_tensors(model_dir / "model.safetensors",
+                  lambda t: [t.pop(k) for k in ("head.indptr", "head.indices", "head.values") if k in t])
+    with pytest.raises(ModelLoadError, match="missing head.indices, head.indptr, head.values"):
+        Recommender.load(model_dir)
+
+
 def test_missing_directory_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         Recommender.load(tmp_path / "nope")
