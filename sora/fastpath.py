@@ -38,6 +38,7 @@ class NumpyFusion:
 
     def __init__(self, fusion) -> None:
         self.position = _np(fusion.position.weight)
+        self.causal = bool(getattr(fusion, "causal", False))
         self.anonymous = _np(fusion.anonymous)
         self.layers = []
         for layer in fusion.encoder.layers:
@@ -62,26 +63,35 @@ class NumpyFusion:
 
     def __call__(self, user_token: np.ndarray | None, items: np.ndarray) -> np.ndarray:
         token = self.anonymous if user_token is None else user_token.astype(np.float32, copy=False)
-        x = np.concatenate([token[None], items]) + self.position[: len(items) + 1]
+        n = len(items)
+        if self.causal:  # oldest first after the user token, each token sees what came before; read the newest
+            x = np.concatenate([token[None], items[::-1]])
+            x = x + np.concatenate([self.position[:1], self.position[1:n + 1][::-1]])
+            past = np.tril(np.ones((n + 1, n + 1), dtype=bool))
+        else:
+            x = np.concatenate([token[None], items]) + self.position[: n + 1]
+            past = None
         for p in self.layers:
             if p["norm_first"]:
-                x = x + _attend(p, _layer_norm(x, *p["n1"]))
+                x = x + _attend(p, _layer_norm(x, *p["n1"]), past)
                 x = x + _feed_forward(p, _layer_norm(x, *p["n2"]))
             else:
-                x = _layer_norm(x + _attend(p, x), *p["n1"])
+                x = _layer_norm(x + _attend(p, x, past), *p["n1"])
                 x = _layer_norm(x + _feed_forward(p, x), *p["n2"])
-        return _layer_norm(x[0], *self.out) + token
+        return _layer_norm(x[-1] if self.causal else x[0], *self.out) + token
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
-def _attend(p: dict, x: np.ndarray) -> np.ndarray:
+def _attend(p: dict, x: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
     s, d = x.shape
     h = p["heads"]
     q, k, v = (x @ p["w_in"] + p["b_in"]).reshape(s, 3, h, d // h).transpose(1, 2, 0, 3)  # each (H, S, D/H)
     scores = q @ k.transpose(0, 2, 1) / np.sqrt(d // h)  # (H, S, S)
+    if allowed is not None:  # (S, S) True = the query may attend the key
+        scores = np.where(allowed[None], scores, -np.inf)
     scores = np.exp(scores - scores.max(-1, keepdims=True))
     out = (scores / scores.sum(-1, keepdims=True)) @ v  # (H, S, D/H)
     return out.transpose(1, 0, 2).reshape(s, d) @ p["w_out"] + p["b_out"]

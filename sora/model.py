@@ -33,14 +33,27 @@ class TextProjector(nn.Module):
 
 
 class HistoryFusion(nn.Module):
-    """Transformer encoder over [user token] + L history item tokens; returns the user token's output."""
+    """Transformer encoder over [user token] + L history item tokens → one (D,) user vector per history.
 
-    def __init__(self, dim: int, history_len: int, layers: int, heads: int, dropout: float):
+    Two layouts of the same tokens (position 0 = the user token, position a + 1 = the item of age a,
+    0 = the newest):
+
+    - ``causal=False`` (set): the user token reads every item; its output is the user vector.
+    - ``causal=True`` (sequence, next-item data): the items run oldest → newest after the user token,
+      each attends only to itself and what came before, and the newest item's output is the user
+      vector. Training then reads every position's output (:meth:`sequence`): one pass gives a
+      next-item target for every item of a window, SASRec-style, and inference is that same pass's
+      last position. Masked-out items are removed (the rest close up), so a history with a hole is
+      exactly the shorter history.
+    """
+
+    def __init__(self, dim: int, history_len: int, layers: int, heads: int, dropout: float, causal: bool = False):
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"model.dim ({dim}) must be divisible by model.transformer_heads ({heads})")
         if history_len < 1:
             raise ValueError(f"model.history_len must be >= 1, got {history_len}")
+        self.causal = causal
         self.position = nn.Embedding(history_len + 1, dim)
         self.anonymous = nn.Parameter(torch.zeros(dim))  # user token for a history without a user id
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
@@ -49,17 +62,42 @@ class HistoryFusion(nn.Module):
         self.out = nn.LayerNorm(dim)
 
     def forward(self, user_token: torch.Tensor | None, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """user_token (B, D) or None (anonymous); items (B, L, D); mask (B, L) True where a real item."""
+        """user_token (B, D) or None (anonymous); items (B, L, D) newest first; mask (B, L) True where a real item."""
         b, n_hist, d = items.shape
         if user_token is None:
             user_token = self.anonymous.expand(b, d)
-        tokens = torch.cat([user_token[:, None, :], items], dim=1)  # (B, L+1, D)
-        tokens = tokens + self.position.weight[: n_hist + 1][None]
+        if self.causal:
+            # close up holes (stable: newest first kept), then oldest first: the newest sits last
+            order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+            items = items.gather(1, order[..., None].expand(-1, -1, d)).flip(1)
+            mask = mask.gather(1, order).flip(1)
+            position = torch.cat([self.position.weight[:1], self.position.weight[1:n_hist + 1].flip(0)])
+        else:
+            position = self.position.weight[: n_hist + 1]
+        tokens = torch.cat([user_token[:, None, :], items], dim=1) + position[None]  # (B, L+1, D)
         keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)  # (B, L+1)
         if not self.training and not torch.is_grad_enabled():
             return self._infer(tokens, keep) + user_token
+        if self.causal:
+            out = self.encoder(tokens, mask=_future(n_hist + 1, tokens.device), src_key_padding_mask=~keep)
+            last = torch.where(mask[:, -1], n_hist, 0)  # the newest item; the user token when there is none
+            return self.out(out[torch.arange(b, device=out.device), last]) + user_token
         out = self.encoder(tokens, src_key_padding_mask=~keep)  # (B, L+1, D)
         return self.out(out[:, 0]) + user_token  # residual keeps the graph signal
+
+    def sequence(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Causal training pass, anonymous user: items (B, L, D) oldest first, left-padded; mask (B, L).
+
+        Returns (B, L, D): position t's output sees items ≤ t, exactly what :meth:`forward` returns for
+        the history ending at t when t is the last position of a full window.
+        """
+        b, n_hist, d = items.shape
+        user_token = self.anonymous.expand(b, d)
+        position = torch.cat([self.position.weight[:1], self.position.weight[1:n_hist + 1].flip(0)])
+        tokens = torch.cat([user_token[:, None, :], items], dim=1) + position[None]
+        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        out = self.encoder(tokens, mask=_future(n_hist + 1, tokens.device), src_key_padding_mask=~keep)
+        return self.out(out[:, 1:]) + user_token[:, None, :]
 
     def _infer(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The encoder's eval-mode forward, token 0's output normalised; the same numbers as ``self.encoder``.
@@ -72,6 +110,9 @@ class HistoryFusion(nn.Module):
         if not bool(cols.all()):
             tokens, keep = tokens[:, cols], keep[:, cols]
         attn_mask = None if bool(keep.all()) else keep[:, None, None, :]  # (B, 1, 1, S): True = attend
+        if self.causal:
+            past = ~_future(tokens.shape[1], tokens.device)  # (S, S) True = attend
+            attn_mask = past[None, None] if attn_mask is None else attn_mask & past[None, None]
         x = tokens
         for layer in self.encoder.layers:
             if layer.norm_first:
@@ -80,6 +121,9 @@ class HistoryFusion(nn.Module):
             else:
                 x = _norm(layer.norm1, x + self._attend(layer, x, attn_mask))
                 x = _norm(layer.norm2, x + self._feed_forward(layer, x))
+        if self.causal:
+            last = torch.where(keep[:, -1], x.shape[1] - 1, 0)  # the newest item; the user token when none
+            return _norm(self.out, x[torch.arange(len(x), device=x.device), last])
         return _norm(self.out, x[:, 0])
 
     @staticmethod
@@ -97,6 +141,12 @@ class HistoryFusion(nn.Module):
                         layer.linear2.weight, layer.linear2.bias)
 
 
+def _future(n: int, device) -> torch.Tensor:
+    """(n, n) bool, True where the key comes after the query (blocked in a causal pass)."""
+    idx = torch.arange(n, device=device)
+    return idx[None, :] > idx[:, None]
+
+
 def _norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
@@ -105,7 +155,7 @@ class SoraModel(nn.Module):
     """Learned parts of Sora; ``graph_encoder`` is any module mapping node inputs to graph embeddings."""
 
     def __init__(self, cfg: ModelConfig, num_users: int, num_items: int, text_dim: int,
-                 warm_items: torch.Tensor, graph_encoder: nn.Module | None = None):
+                 warm_items: torch.Tensor, graph_encoder: nn.Module | None = None, causal: bool = False):
         super().__init__()
         if cfg.dim <= 0:
             raise ValueError(f"model.dim must be positive, got {cfg.dim}")
@@ -124,7 +174,7 @@ class SoraModel(nn.Module):
         self.text_in = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
         self.text_out = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
         self.fusion = (HistoryFusion(cfg.dim, cfg.history_len, cfg.transformer_layers, cfg.transformer_heads,
-                                     cfg.dropout) if cfg.use_transformer else None)
+                                     cfg.dropout, causal) if cfg.use_transformer else None)
         self.graph_encoder = graph_encoder
 
     def node_inputs(self, text: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

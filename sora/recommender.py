@@ -502,7 +502,8 @@ class Recommender:
                                  f"({type(exc).__name__}: {exc})") from exc
         nu, ni = len(meta["user_ids"]), len(meta["item_ids"])
         try:
-            model = SoraModel(config.model, nu, ni, int(meta.get("text_dim", 0)), torch.ones(ni))
+            model = SoraModel(config.model, nu, ni, int(meta.get("text_dim", 0)), torch.ones(ni),
+                              causal=config.causal_training)
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"{directory}: config.json and meta.json do not describe a model: {exc}") from exc
         _check_tensors(path, t, model, config, meta)

@@ -97,7 +97,8 @@ def build_model(prep: Prepared, cfg: SoraConfig):
     mc = cfg.model
     encoder = GraphEncoder(prep.etypes, mc.num_layers, mc.side_weight) if prep.graph is not None else None
     text_dim = prep.text.shape[1] if prep.text is not None else 0
-    return SoraModel(mc, prep.split.num_users, prep.split.num_items, text_dim, prep.warm, encoder).to(prep.device)
+    return SoraModel(mc, prep.split.num_users, prep.split.num_items, text_dim, prep.warm, encoder,
+                     causal=cfg.causal_training).to(prep.device)
 
 
 #: keys a tuning trial may change without preparing the data again (the graph, histories and head stay)

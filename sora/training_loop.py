@@ -63,16 +63,21 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
     best = BestEpoch(tc)
     history: list[dict[str, Any]] = []
     bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0)
+    # causal training steps over windows of L next-item targets: about train.batch_size targets a step
+    rows, batch = ((len(prep.windows[0]), max(1, tc.batch_size // cfg.model.history_len)) if prep.windows is not None
+                   else (len(pu), tc.batch_size))
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(len(pu), generator=gen)
+        order = torch.randperm(rows, generator=gen)
         total, steps = 0.0, 0
-        for s in range(0, len(order) - world + 1, tc.batch_size):
-            idx = order[s:s + tc.batch_size][rank::world]  # data parallel: each rank its share of the batch
-            u, i = pu[idx].to(device), pi[idx].to(device)
-            causal = None if prep.pair_hist is None else (prep.pair_hist[idx].to(device), prep.pair_hmask[idx].to(device))
-            loss = step_loss(model, prep, u, i, num_items, tc, gen, causal, negatives)
+        for s in range(0, len(order) - world + 1, batch):
+            idx = order[s:s + batch][rank::world]  # data parallel: each rank its share of the batch
+            if prep.windows is not None:
+                loss = window_loss(model, prep, *(t[idx].to(device) for t in prep.windows), tc, gen, negatives)
+            else:
+                loss = step_loss(model, prep, pu[idx].to(device), pi[idx].to(device), num_items, tc, gen,
+                                 negatives=negatives)
             opt.zero_grad()
             loss.backward()
             if world > 1:
@@ -131,22 +136,40 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
         p.grad /= world
 
 
+def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
+                targets: torch.Tensor, tc: TrainConfig, gen: torch.Generator,
+                negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal training (``train.causal``): the loss of every next-item target in B windows of L items.
+
+    wu (B,) the windows' users; items, mask, targets (B, L) as :func:`~sora.training_prep.causal_windows`
+    makes them. One causal Transformer pass per window gives every position's user vector from the
+    items before its target only; the user is anonymous (the graph user embedding has seen the whole
+    training sequence, its future included).
+    """
+    g_user, g_item = model.propagate(prep.graph, prep.text)
+    item_vecs = model.item_vectors(g_item, prep.text)
+    keep = targets >= 0
+    uv = model.fusion.sequence(g_item[items], mask)[keep]  # (N, D): one per target
+    users = wu[:, None].expand_as(targets)[keep]
+    return score_loss(model, prep, uv, item_vecs, users, targets[keep], len(item_vecs), tc, gen, negatives)
+
+
 def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
-              tc: TrainConfig, gen: torch.Generator,
-              causal: tuple[torch.Tensor, torch.Tensor] | None = None,
-              negatives: torch.Tensor | None = None) -> torch.Tensor:
+              tc: TrainConfig, gen: torch.Generator, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """Loss of one batch of (user, item) positives u (B,), i (B,).
 
-    ``causal`` (``train.causal``): each pair's own history (B, L) and mask, the items before its target;
-    the user is then anonymous (the graph user embedding has seen the whole training sequence).
     ``negatives``: the full softmax's items, as in :func:`softmax_loss`.
     """
     g_user, g_item = model.propagate(prep.graph, prep.text)
     item_vecs = model.item_vectors(g_item, prep.text)
-    if causal is not None and model.fusion is not None:
-        uv = model.user_vectors(None, causal[0], causal[1], g_item)  # (B, D)
-    else:
-        uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
+    uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
+    return score_loss(model, prep, uv, item_vecs, u, i, num_items, tc, gen, negatives)
+
+
+def score_loss(model: SoraModel, prep: Prepared, uv: torch.Tensor, item_vecs: torch.Tensor, u: torch.Tensor,
+               i: torch.Tensor, num_items: int, tc: TrainConfig, gen: torch.Generator,
+               negatives: torch.Tensor | None = None) -> torch.Tensor:
+    """``train.loss`` of user vectors uv (B, D) against their targets i (B,), plus the contrastive term."""
     if tc.loss == "softmax":
         loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, negatives)
     elif tc.loss == "bpr":
@@ -231,7 +254,7 @@ def fit(model: SoraModel, prep: Prepared, ii: sp.csr_matrix | np.ndarray | None)
     item_vecs = model.item_vectors(g_item, prep.text)
     static = prep.static
     num_users = len(static["user_ids"])
-    causal = prep.pair_hist is not None and model.fusion is not None
+    causal = prep.windows is not None and model.fusion is not None
     users = []
     for s in range(0, num_users, 4096):
         b = torch.arange(s, min(s + 4096, num_users), device=g_user.device)

@@ -75,9 +75,9 @@ class Prepared:
     ii: sp.csr_matrix | np.ndarray | None  # (I, I) item–item head, or None when switched off
     static: dict[str, Any]  # the never-changing parts of a fitted Recommender
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: ``train.causal``: (P, L) the L items before each pair's target (newest first) and their mask, CPU
-    pair_hist: torch.Tensor | None = None
-    pair_hmask: torch.Tensor | None = None
+    #: ``train.causal`` with the Transformer: next-item training windows, CPU (see :func:`causal_windows`):
+    #: users (N,), items (N, L) oldest first, left-padded, their mask and targets (N, L) (-100 = none)
+    windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def tensors(self) -> dict[str, torch.Tensor | None]:
@@ -98,20 +98,26 @@ def graph_config(cfg: SoraConfig) -> GraphConfig:
     return g
 
 
-def causal_pairs(train: pd.DataFrame, length: int) -> tuple[torch.Tensor, ...]:
-    """Every training row as a (user, target) pair with the ``length`` items before it, newest first.
+def causal_windows(train: pd.DataFrame, length: int) -> tuple[torch.Tensor, ...]:
+    """Each user's training sequence as next-item windows: users (N,), items (N, L), mask (N, L), targets (N, L).
 
     Rows are taken in sequence order (user, time; ties keep the split's row order, which is the input
-    order under leave-last-out). Returns u (P,), i (P,), history (P, L) and mask (P, L).
+    order under leave-last-out). A sequence s gives inputs s[:-1] and targets s[1:], cut into windows of
+    ``length`` from its end, so every item after a user's first is a target exactly once, seen only
+    through the items before it. Items run oldest first, left-padded (item 0, mask False, target -100).
     """
+    from sora.sasrec import training_windows
+
     order = np.lexsort((np.arange(len(train)), train["ts"].to_numpy(), train["u"].to_numpy()))
     u, i = train["u"].to_numpy(np.int64)[order], train["i"].to_numpy(np.int64)[order]
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.zeros(0, dtype=np.int64)
-    pos = np.arange(len(u)) - np.repeat(starts, np.diff(np.r_[starts, len(u)]))  # index inside the user's sequence
-    back = np.arange(1, length + 1)[None, :]  # (1, L): 1 = the item just before the target
-    mask = back <= pos[:, None]
-    hist = np.where(mask, i[np.clip(np.arange(len(u))[:, None] - back, 0, None)], 0)
-    return (torch.from_numpy(u), torch.from_numpy(i), torch.from_numpy(hist.astype(np.int64)), torch.from_numpy(mask))
+    inputs, targets = training_windows(np.split(i, starts[1:]) if len(u) else [], length)
+    sizes = np.diff(np.r_[starts, len(u)])
+    users = np.repeat(u[starts], np.maximum(0, -(-(sizes - 1) // length)))  # windows per sequence, in order
+    inputs = torch.from_numpy(inputs).reshape(-1, length)
+    mask = inputs > 0
+    return (torch.from_numpy(users), (inputs - 1).clamp(min=0), mask,
+            torch.from_numpy(targets).reshape(-1, length))
 
 
 def recent_history(train: pd.DataFrame, num_users: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +128,7 @@ def recent_history(train: pd.DataFrame, num_users: int, length: int) -> tuple[to
     hist = torch.zeros(num_users, length, dtype=torch.long)
     mask = torch.zeros(num_users, length, dtype=torch.bool)
     # newest first: time descending, and among equal timestamps the later row (input order under
-    # leave-last-out, the order causal_pairs and Protocol T's sequences use), never the item id
+    # leave-last-out, the order causal_windows and Protocol T's sequences use), never the item id
     rows = np.arange(len(train))
     order = np.lexsort((-rows, -train["ts"].to_numpy(np.float64), train["u"].to_numpy(np.int64)))
     u, i = train["u"].to_numpy(np.int64)[order], train["i"].to_numpy(np.int64)[order]
@@ -223,10 +229,8 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
             del dgl_graph  # the torch adjacency is all training needs
     with stage("history"):
         hist, hmask = recent_history(split.train, nu, mc.history_len)
-        pair_hist = pair_hmask = None
-        if cfg.causal_training:
-            cu, ci, pair_hist, pair_hmask = causal_pairs(split.train, mc.history_len)
-            pairs = (cu, ci)
+        windows = (causal_windows(split.train, mc.history_len) if cfg.causal_training and mc.use_transformer
+                   else None)
     ii = None
     if mc.use_item_item_score:
         with stage("item_item_head"):
@@ -236,7 +240,7 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
     prep = Prepared(split=split, device=device, x_train=x_train, warm=warm,
                     text=text.to(device) if text is not None else None, graph=graph, etypes=etypes,
                     hist=hist.to(device), hmask=hmask.to(device), log_q=log_q.to(device), pairs=pairs, ii=ii,
-                    static=static, stages=stage.records, pair_hist=pair_hist, pair_hmask=pair_hmask)
+                    static=static, stages=stage.records, windows=windows)
     return prep
 
 

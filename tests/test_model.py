@@ -169,12 +169,13 @@ def test_split_is_rebuilt_identically(trained, tmp_path):
     assert make_split(ds, cfg.split).spec.data_fingerprint == rec.meta["data_fingerprint"]
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_numpy_fast_path_equals_the_torch_fusion(layers):
+def test_numpy_fast_path_equals_the_torch_fusion(layers, causal):
     from sora.fastpath import NumpyFusion
 
     torch.manual_seed(layers)
-    fusion = HistoryFusion(dim=16, history_len=6, layers=layers, heads=2, dropout=0.3).eval()
+    fusion = HistoryFusion(dim=16, history_len=6, layers=layers, heads=2, dropout=0.3, causal=causal).eval()
     with torch.no_grad():
         fusion.anonymous.normal_()
         fast = NumpyFusion(fusion)
@@ -183,3 +184,30 @@ def test_numpy_fast_path_equals_the_torch_fusion(layers):
             want = fusion(None if token is None else token[None], items[None], torch.ones(1, 4, dtype=torch.bool))[0]
             got = fast(None if token is None else token.numpy(), items.numpy())
             assert np.allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_causal_fusion_training_pass_is_the_inference_pass():
+    """The causal layout: a window's last output is the user vector of that history; a hole is a shorter history."""
+    torch.manual_seed(0)
+    fusion = HistoryFusion(dim=8, history_len=5, layers=2, heads=2, dropout=0.0, causal=True)
+    with torch.no_grad():
+        fusion.anonymous.normal_()
+    items = torch.randn(3, 5, 8)  # oldest first, left-padded
+    mask = torch.tensor([[True] * 5, [False, False, True, True, True], [False] * 4 + [True]])
+    seq = fusion.sequence(items, mask)  # training: every position
+    fusion.eval()
+    with torch.no_grad():
+        served = fusion(None, items.flip(1), mask.flip(1))  # inference reads newest first
+        torch.testing.assert_close(seq[:, -1], served)
+        # position t sees nothing after t: changing the newest item leaves earlier outputs alone
+        other = items.clone()
+        other[:, -1] = torch.randn(3, 8)
+        torch.testing.assert_close(fusion.sequence(other, mask)[:, :-1], seq[:, :-1].detach())
+        assert not torch.allclose(fusion.sequence(other, mask)[0, -1], seq[0, -1])
+        # a masked-out item is removed, not a gap: the same vector as the history without it
+        holed = mask.flip(1).clone()
+        holed[0, 2] = False
+        shorter = items.flip(1)[0:1, [0, 1, 3, 4]]
+        torch.testing.assert_close(fusion(None, items.flip(1), holed)[0],
+                                   fusion(None, shorter, torch.ones(1, 4, dtype=torch.bool))[0])
+        assert torch.isfinite(fusion(None, items, torch.zeros(3, 5, dtype=torch.bool))).all()  # empty history

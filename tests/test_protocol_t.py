@@ -175,14 +175,17 @@ def test_default_mode_baselines_unchanged(tiny_dataset):
     assert out["ease"]["ndcg@10"] == want["ndcg@10"] and "valid_ndcg@10" not in out["ease"]
 
 
-def test_causal_pairs_see_only_earlier_items():
-    from sora.training_prep import causal_pairs
+def test_causal_windows_see_only_earlier_items():
+    from sora.training_prep import causal_windows
 
-    train = pd.DataFrame({"u": [0, 0, 0, 1, 1], "i": [5, 3, 4, 2, 1], "ts": [1.0, 2.0, 2.0, 1.0, 0.0]})
-    u, i, hist, mask = causal_pairs(train, 2)
-    assert u.tolist() == [0, 0, 0, 1, 1] and i.tolist() == [5, 3, 4, 1, 2]  # time order, ties in row order
-    assert hist.tolist() == [[0, 0], [5, 0], [3, 5], [0, 0], [1, 0]]  # newest first, nothing from the future
-    assert mask.tolist() == [[False, False], [True, False], [True, True], [False, False], [True, False]]
+    train = pd.DataFrame({"u": [0, 0, 0, 1, 1, 2], "i": [5, 3, 4, 2, 1, 7], "ts": [1.0, 2.0, 2.0, 1.0, 0.0, 0.0]})
+    users, items, mask, targets = causal_windows(train, 2)
+    # user 0's sequence is 5, 3, 4 (time order, ties in row order); user 1's is 1, 2; user 2 has no target
+    assert users.tolist() == [0, 1]
+    assert items.tolist() == [[5, 3], [0, 1]] and mask.tolist() == [[True, True], [False, True]]
+    assert targets.tolist() == [[3, 4], [-100, 2]]  # each item predicted from the ones before it
+    users, items, mask, targets = causal_windows(train, 1)  # longer sequences are cut from the end
+    assert users.tolist() == [0, 0, 1] and items.tolist() == [[3], [5], [1]] and targets.tolist() == [[4], [3], [2]]
 
 
 def test_causal_training_gives_a_history_only_model(tmp_path):
