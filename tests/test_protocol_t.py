@@ -206,6 +206,17 @@ def test_causal_training_gives_a_history_only_model(tmp_path):
     # a known user with a recent event is exactly an anonymous history (no user token to shift)
     torch.testing.assert_close(rec.score_user_recent(u, [valid_item]), rec.score_history([*hist, valid_item]))
     assert torch.isfinite(model_scores(rec, split, "test")(np.array([u]))).all()
+    # saved and loaded, the Transformer is the causal one again, and serving's NumPy path agrees with it
+    from sora.recommender import Recommender
+
+    rec.save(tmp_path / "m")
+    back = Recommender.load(tmp_path / "m")
+    assert back.model.fusion.causal
+    back.alpha = 0.0
+    torch.testing.assert_close(back.score_history([*hist, valid_item]), rec.score_history([*hist, valid_item]))
+    back.prepare_serving()
+    torch.testing.assert_close(back.score_history([*hist, valid_item]), rec.score_history([*hist, valid_item]),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_decayed_head_is_recency_ease_on_the_prefix_and_survives_save_load(tmp_path):
