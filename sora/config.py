@@ -114,6 +114,8 @@ class ModelConfig:
     use_transformer: bool = True
     #: Add the item<->item (EASE-weighted) propagation of the user's history to the score.
     use_item_item_score: bool = True
+    #: Newest history items the Transformer reads; causal training (``train.causal``) cuts each user's
+    #: training sequence into windows of this many items.
     history_len: int = 10
     transformer_layers: int = 1
     transformer_heads: int = 2
@@ -144,6 +146,7 @@ class TrainConfig:
     #: 0 = always sampled.
     full_softmax_max_items: int = 50_000
     max_epochs: int = 80
+    #: Training targets per optimiser step (causal training: batch_size // model.history_len windows).
     batch_size: int = 4096
     lr: float = 1e-2
     weight_decay: float = 1e-4
