@@ -6,7 +6,7 @@ For every dataset directory (default MovieLens-100K): one split; Sora as a user 
 ``split.mode=leave-last-out`` (causal training, everything else chosen on valid) and SASRec trained
 once per seed; MostPop, EASE and recency-weighted EASE (deterministic) once. Reports mean ± std over
 the seeds, a paired bootstrap over test users of Sora against the best baseline (each user's NDCG@10
-averaged over the seeds first), and, on the first seed, the ablations: no Transformer, no text, no
+averaged over the seeds first), and, on every seed, the ablations: no Transformer, no text, no
 graph propagation, no item–item head (same weights), at the temperature Sora chose. Writes the
 "Protocol T" section of RESULTS.md.
 Nothing is chosen on test: epochs, the head's weight and decay, recency-EASE's decay all read valid.
@@ -134,21 +134,29 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: b
              + ", ".join(f"×{r['test']['ndcg@10'] / (q[k]['test'] if best == 'sasrec' else det[best])['ndcg@10']:.3f}"
                          for k, r in enumerate(s)) + ".", ""]
     if ablations:
-        full = s[0]
-        abl = [[f"**sora** (seed {seeds[0]})", f"{full['test']['ndcg@10']:.4f}", f"{full['valid']['ndcg@10']:.4f}",
-                "", f"{full['fit_s']:.0f}"],
-               ["no item–item head (same weights)", f"{full['nohead_test']['ndcg@10']:.4f}",
-                f"{full['nohead_valid']['ndcg@10']:.4f}", f"×{full['nohead_test']['ndcg@10'] / full['test']['ndcg@10']:.3f}",
-                f"{full['fit_s']:.0f}"]]
-        fixed = [f"train.seed={seeds[0]}", "tune.grid=[]", f"train.temperature={full['temperature']}"]
+        def ratio(tests: list[float], fulls: list[float]) -> str:
+            per_seed = ", ".join(f"×{t / f:.3f}" for t, f in zip(tests, fulls))
+            return f"×{np.mean(tests) / np.mean(fulls):.3f} ({per_seed})"
+
+        fulls = [r["test"]["ndcg@10"] for r in s]
+        abl = [["**sora**", mean_std(fulls), mean_std([r["valid"]["ndcg@10"] for r in s]), "",
+                f"{np.mean([r['fit_s'] for r in s]):.0f}"],
+               ["no item–item head (same weights)", mean_std([r["nohead_test"]["ndcg@10"] for r in s]),
+                mean_std([r["nohead_valid"]["ndcg@10"] for r in s]),
+                ratio([r["nohead_test"]["ndcg@10"] for r in s], fulls), f"{np.mean([r['fit_s'] for r in s]):.0f}"]]
         for name, overrides in ABLATIONS.items():
-            r = train_sora(split, emb, ds.items, cfg.with_overrides([*fixed, *overrides]))
-            abl.append([name, f"{r['test']['ndcg@10']:.4f}", f"{r['valid']['ndcg@10']:.4f}",
-                        f"×{r['test']['ndcg@10'] / full['test']['ndcg@10']:.3f}", f"{r['fit_s']:.0f}"])
-            print(f"{data_dir.name} ablation {name}: test {r['test']['ndcg@10']:.4f}", flush=True)
-        lines += [f"Ablations (seed {seeds[0]}; each trained once at the temperature full Sora chose, "
-                  f"{full['temperature']:g}, epochs, head weight and decay chosen on valid like Sora; "
-                  f"`{'`, `'.join(' '.join(o) for o in ABLATIONS.values())}`):", "",
+            got = []
+            for seed, full in zip(seeds, s):  # each seed at the temperature full Sora chose on it
+                fixed = [f"train.seed={seed}", "tune.grid=[]", f"train.temperature={full['temperature']}"]
+                got.append(train_sora(split, emb, ds.items, cfg.with_overrides([*fixed, *overrides])))
+                print(f"{data_dir.name} seed {seed} ablation {name}: test {got[-1]['test']['ndcg@10']:.4f}", flush=True)
+            tests = [r["test"]["ndcg@10"] for r in got]
+            abl.append([name, mean_std(tests), mean_std([r["valid"]["ndcg@10"] for r in got]), ratio(tests, fulls),
+                        f"{np.mean([r['fit_s'] for r in got]):.0f}"])
+        lines += [f"Ablations (seeds {', '.join(map(str, seeds))}; each trained once per seed at the temperature full "
+                  "Sora chose on that seed; epochs, head weight and decay chosen on valid like Sora; "
+                  f"`{'`, `'.join(' '.join(o) for o in ABLATIONS.values())}`; vs full Sora: ratio of the means, "
+                  "then per seed):", "",
                   "| ablation | test ndcg@10 | valid ndcg@10 | vs full Sora | fit_s |", "|---|---|---|---|---|",
                   *("| " + " | ".join(r) + " |" for r in abl), ""]
     return lines
