@@ -56,7 +56,7 @@ def build_recommender(items: np.ndarray, users: np.ndarray, nprobe: int):
     n_items, dim = items.shape
     n_users = len(users)
     cfg = SoraConfig().with_overrides([f"model.dim={dim}", "model.use_text=false", "model.use_item_item_score=false",
-                                       f"serve.ann_min_items={min(n_items, 200_000)}", f"serve.ann_nprobe={nprobe}"])
+                                       f"serve.ann_min_items={min(n_items, 200_000)}", f"serve.ann_nprobe={nprobe}"]).resolved()
     model = SoraModel(cfg.model, n_users, n_items, 0, torch.ones(n_items))
     empty = sp.csr_matrix((n_users, n_items), dtype=np.float32)
     L = cfg.model.history_len

@@ -72,7 +72,7 @@ def run_one(size: str, max_steps: int | None) -> dict:
     from sora.training_prep import peak_rss_mb, prepare_training
 
     n_inter, n_users, n_items = SIZES[size]
-    cfg = SoraConfig().with_overrides(["text.model=hash:64", "train.max_epochs=1", "train.device=cpu"])
+    cfg = SoraConfig().with_overrides(["text.model=hash:64", "train.max_epochs=1", "train.device=cpu"]).resolved()
     t = time.perf_counter()
     ds = synthetic(n_inter, n_users, n_items)
     out: dict = {"size": size, "generate_s": time.perf_counter() - t, "stages": {}}

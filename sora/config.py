@@ -115,11 +115,13 @@ class ModelConfig:
     #: Add the item<->item (EASE-weighted) propagation of the user's history to the score.
     use_item_item_score: bool = True
     #: Newest history items the Transformer reads; causal training (``train.causal``) cuts each user's
-    #: training sequence into windows of this many items.
-    history_len: int = 10
-    transformer_layers: int = 1
+    #: training sequence into windows of this many items. null = by training mode (``AUTO``: 10 for
+    #: set training, 50 for causal); likewise ``transformer_layers``, ``dropout``, ``train.lr`` and
+    #: ``train.batch_size``.
+    history_len: int | None = None
+    transformer_layers: int | None = None
     transformer_heads: int = 2
-    dropout: float = 0.1
+    dropout: float | None = None
     #: Weight of item<->item and user<->user messages relative to interaction edges.
     side_weight: float = 0.5
     #: Probability of training a step with the anonymous user token (for history-only requests).
@@ -147,10 +149,11 @@ class TrainConfig:
     full_softmax_max_items: int = 50_000
     max_epochs: int = 80
     #: Training targets per optimiser step (causal training: batch_size // model.history_len windows).
-    batch_size: int = 4096
-    lr: float = 1e-2
+    #: null = by training mode (``AUTO``).
+    batch_size: int | None = None
+    lr: float | None = None
     weight_decay: float = 1e-4
-    temperature: float = 0.2
+    temperature: float | None = None
     patience: int = 8
     #: Epochs before the best-epoch selection starts (the first epochs' valid metric is not
     #: informative: on cold items the barely trained text projection can score a lucky first epoch).
@@ -182,7 +185,9 @@ class TuneConfig:
     decay are always chosen on valid, without extra trainings.
     """
 
-    grid: tuple[str, ...] = ("train.temperature=0.2,1.0",)
+    #: null = by training mode (``AUTO``): set training tries temperatures 0.2 and 1.0; causal training
+    #: trains once at ``train.temperature`` (null: 1.0 there, 0.2 for set training).
+    grid: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -260,6 +265,20 @@ class DriftConfig:
     rating_bins: int = 20
 
 
+#: Keys left null take a value by training mode: (set training, causal training). Causal training is
+#: SASRec-shaped (long windows, two blocks, small steps): measured on Protocol T's valid split in
+#: benchmarks/RESULTS.md; set training keeps the short history and large steps it was tuned with.
+AUTO: dict[str, tuple[Any, Any]] = {
+    "model.history_len": (10, 50),
+    "model.transformer_layers": (1, 2),
+    "model.dropout": (0.1, 0.2),
+    "train.lr": (1e-2, 1e-3),
+    "train.batch_size": (4096, 1600),
+    "train.temperature": (0.2, 1.0),
+    "tune.grid": (("train.temperature=0.2,1.0",), ()),
+}
+
+
 @dataclass
 class SoraConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -279,6 +298,19 @@ class SoraConfig:
     def causal_training(self) -> bool:
         """Whether training is sequence-aware: ``train.causal``, or by default whether the split is next-item."""
         return self.train.causal if self.train.causal is not None else self.split.mode == "leave-last-out"
+
+    def resolved(self) -> SoraConfig:
+        """This config with every null ``AUTO`` key set for its training mode (self when none is null).
+
+        Training resolves once at its start, so a saved model's config holds the values it was trained with.
+        """
+        unset = [k for k in AUTO if _get(self, k) is None]
+        if not unset:
+            return self
+        cfg = SoraConfig.from_dict(self.to_dict())
+        for key in unset:
+            _assign(cfg, key, AUTO[key][int(cfg.causal_training)])
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -394,6 +426,11 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+def _get(cfg: SoraConfig, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
 
 
 def _assign(cfg: SoraConfig, dotted: str, value: Any) -> None:
@@ -571,7 +608,7 @@ def _check_cross(cfg: SoraConfig) -> None:
                           f"got {cfg.graph.item_edges!r}")
     if not cfg.eval.ks:
         raise ConfigError("eval.ks may not be empty")
-    for entry in cfg.tune.grid:
+    for entry in cfg.tune.grid or ():
         key, sep, values = entry.partition("=")
         if not sep or not values.strip() or any(not v.strip() for v in values.split(",")):
             raise ConfigError(f"tune.grid entries look like 'section.key=v1,v2'; got {entry!r}")

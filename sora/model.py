@@ -55,6 +55,9 @@ class HistoryFusion(nn.Module):
             raise ValueError(f"model.history_len must be >= 1, got {history_len}")
         self.causal = causal
         self.position = nn.Embedding(history_len + 1, dim)
+        # on the item tokens' scale (SoraModel's embeddings start at std 0.1): at nn.Embedding's default
+        # std 1 the positions outweigh the items tenfold and a long causal window learns mostly order
+        nn.init.normal_(self.position.weight, std=0.1)
         self.anonymous = nn.Parameter(torch.zeros(dim))  # user token for a history without a user id
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
                                            batch_first=True, norm_first=True)

@@ -94,6 +94,7 @@ def build_model(prep: Prepared, cfg: SoraConfig):
     from sora.gnn import GraphEncoder
     from sora.model import SoraModel
 
+    cfg = cfg.resolved()
     mc = cfg.model
     encoder = GraphEncoder(prep.etypes, mc.num_layers, mc.side_weight) if prep.graph is not None else None
     text_dim = prep.text.shape[1] if prep.text is not None else 0
@@ -109,7 +110,7 @@ _SHARES_PREPARATION = ("train.temperature", "train.lr", "train.weight_decay", "t
 def tuning_trials(cfg: SoraConfig) -> list[list[str]]:
     """One override list per combination of ``tune.grid`` (in grid order); ``[[]]`` without a grid."""
     axes = []
-    for entry in cfg.tune.grid:
+    for entry in cfg.tune.grid or ():
         key, _, values = entry.partition("=")
         axes.append([f"{key.strip()}={v.strip()}" for v in values.split(",")])
     return [list(c) for c in itertools.product(*axes)]
@@ -125,6 +126,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     ``prepared`` reuses a :class:`Prepared` built earlier for the same split and config.
     """
     start = time.perf_counter()
+    cfg = cfg.resolved()  # null AUTO keys take their training mode's values, saved with the model
     trials = tuning_trials(cfg)
     if len(trials) == 1:
         return _train_once(split, embeddings, items, cfg.with_overrides(trials[0]), user_edges_df, progress, prepared)
@@ -155,6 +157,7 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
                 user_edges_df: pd.DataFrame | None, progress: bool, prepared: Prepared | None,
                 keep_prepared: bool = False) -> TrainResult:
     start = time.perf_counter()
+    cfg = cfg.resolved()
     tc = cfg.train
     device = resolve_device(tc.device)  # an impossible device fails here, before any work
     seed_everything(tc.seed)

@@ -48,6 +48,7 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
 
     ``max_steps`` (benchmarks) stops each epoch after that many optimiser steps.
     """
+    cfg = cfg.resolved()
     tc = cfg.train
     device = prep.device
     pu, pi = prep.pairs

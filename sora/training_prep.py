@@ -194,6 +194,7 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
     """Build every input of the training loop once (see the module docstring); ValueErrors come before heavy work."""
     from sora.graph import build_graph, map_user_edges
 
+    cfg = cfg.resolved()
     mc = cfg.model
     nu, ni = split.num_users, split.num_items
     if len(split.train) == 0:

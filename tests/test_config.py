@@ -171,3 +171,37 @@ def test_every_number_has_a_range():
                for name, hint in get_type_hints(type(getattr(cfg, sec.name))).items()
                if ("int" in str(hint) or "float" in str(hint)) and f"{sec.name}.{name}" not in _LIMITS | dict.fromkeys(unbounded)]
     assert not missing, f"add a range to sora.config._LIMITS for {missing}"
+
+
+def test_null_keys_resolve_by_training_mode():
+    """AUTO keys: set training keeps its short-history values, causal training gets the SASRec-shaped ones."""
+    from sora.config import AUTO
+
+    plain = SoraConfig()
+    assert all(plain.to_dict()[k.split(".")[0]][k.split(".")[1]] is None for k in AUTO)
+    for mode, causal in (("random", False), ("cold-item", False), ("leave-last-out", True)):
+        r = plain.with_overrides([f"split.mode={mode}"]).resolved()
+        for key, values in AUTO.items():
+            section, name = key.split(".")
+            assert getattr(getattr(r, section), name) == values[causal], (mode, key)
+    assert SoraConfig().resolved().tune.grid == ("train.temperature=0.2,1.0",)
+    # train.causal decides, not the split mode alone; a value set by the user is kept in either mode
+    forced = plain.with_overrides(["train.causal=true"]).resolved()
+    assert forced.model.history_len == 50 and forced.train.lr == 1e-3
+    kept = plain.with_overrides(["split.mode=leave-last-out", "model.history_len=20", "tune.grid=[]"]).resolved()
+    assert kept.model.history_len == 20 and kept.model.transformer_layers == 2 and kept.tune.grid == ()
+    # resolving is idempotent and survives a save/load round trip (a model's config.json holds values)
+    again = SoraConfig.from_dict(kept.to_dict())
+    assert again.resolved().to_dict() == kept.to_dict() and again.resolved() is again
+
+
+def test_config_show_resolved(capsys):
+    from sora.cli import main
+
+    assert main(["config", "show", "--json", "--resolved", "--set", "split.mode=leave-last-out"]) == 0
+    import json
+
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model"]["history_len"] == 50 and shown["train"]["temperature"] == 1.0
+    assert main(["config", "show", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["history_len"] is None

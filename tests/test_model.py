@@ -32,7 +32,7 @@ def trained():
 
 
 def test_shapes_and_dimension_checks():
-    cfg = SoraConfig().model
+    cfg = SoraConfig().resolved().model
     cfg.dim, cfg.history_len, cfg.transformer_heads = 8, 3, 2
     m = SoraModel(cfg, 5, 7, 4, torch.ones(7, dtype=torch.bool))
     text = torch.randn(7, 4)
