@@ -135,7 +135,7 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: b
                          for k, r in enumerate(s)) + ".", ""]
     if ablations:
         def ratio(tests: list[float], fulls: list[float]) -> str:
-            per_seed = ", ".join(f"×{t / f:.3f}" for t, f in zip(tests, fulls))
+            per_seed = ", ".join(f"×{t / f:.3f}" for t, f in zip(tests, fulls, strict=True))
             return f"×{np.mean(tests) / np.mean(fulls):.3f} ({per_seed})"
 
         fulls = [r["test"]["ndcg@10"] for r in s]
@@ -146,7 +146,7 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: b
                 ratio([r["nohead_test"]["ndcg@10"] for r in s], fulls), f"{np.mean([r['fit_s'] for r in s]):.0f}"]]
         for name, overrides in ABLATIONS.items():
             got = []
-            for seed, full in zip(seeds, s):  # each seed at the temperature full Sora chose on it
+            for seed, full in zip(seeds, s, strict=True):  # each seed at the temperature full Sora chose on it
                 fixed = [f"train.seed={seed}", "tune.grid=[]", f"train.temperature={full['temperature']}"]
                 got.append(train_sora(split, emb, ds.items, cfg.with_overrides([*fixed, *overrides])))
                 print(f"{data_dir.name} seed {seed} ablation {name}: test {got[-1]['test']['ndcg@10']:.4f}", flush=True)
