@@ -113,7 +113,7 @@ def test_softmax_loss_full_catalogue_and_sampled():
     uv, items = torch.randn(6, 4, generator=g), torch.randn(9, 4, generator=g)
     i = torch.tensor([1, 3, 3, 0, 8, 1])
     log_q = torch.log(torch.rand(9, generator=g))
-    tc = SoraConfig().train
+    tc = SoraConfig().resolved().train
     full = softmax_loss(uv, items, i, log_q, tc)
     assert torch.allclose(full, torch.nn.functional.cross_entropy(uv @ items.T / tc.temperature, i))
     warm = torch.ones(9, dtype=torch.bool)
