@@ -157,8 +157,7 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
                 user_edges_df: pd.DataFrame | None, progress: bool, prepared: Prepared | None,
                 keep_prepared: bool = False) -> TrainResult:
     start = time.perf_counter()
-    cfg = cfg.resolved()
-    tc = cfg.train
+    tc = cfg.train  # resolved by train_model
     device = resolve_device(tc.device)  # an impossible device fails here, before any work
     seed_everything(tc.seed)
     if tc.num_threads:
