@@ -1,6 +1,7 @@
 """Protocol T (next item, ``split.mode=leave-last-out``, DESIGN.md §4): Sora against the sequence baselines.
 
     python benchmarks/protocol_t.py [--data DIR ...] [--seeds 1 2 3] [--skip-ablations] [--threads 1]
+                                    [--split-mode leave-last-out|global-temporal]
 
 For every dataset directory (default MovieLens-100K): one split; Sora as a user gets it with
 ``split.mode=leave-last-out`` (causal training, everything else chosen on valid) and SASRec trained
@@ -10,6 +11,7 @@ averaged over the seeds first), and, on every seed, the ablations: no Transforme
 graph propagation, no item–item head (same weights), at the temperature Sora chose. Writes the
 "Protocol T" section of RESULTS.md.
 Nothing is chosen on test: epochs, the head's weight and decay, recency-EASE's decay all read valid.
+``--split-mode global-temporal`` runs the same comparison on one global time cut (its own RESULTS section).
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
-def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: bool) -> list[str]:
+def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: bool,
+                mode: str = "leave-last-out") -> list[str]:
     ds = load_dataset(data_dir)
-    cfg = base.with_overrides(["split.mode=leave-last-out"])
+    cfg = base.with_overrides([f"split.mode={mode}"])
     split = make_split(ds, cfg.split)
     emb, _ = embed_items(ds.items, cfg.data.item_text_template, load_encoder(cfg.text),
                          EmbeddingCache(Path.home() / ".cache/sora/embeddings"))
@@ -121,7 +124,7 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: b
     boot = paired_bootstrap(sora_users, means[best])
     n_seeds = len(seeds)
     lines = [f"### {data_dir.name}: {len(ds.interactions)} interactions, {split.num_users} users, "
-             f"{split.num_items} items, {len(split.test)} test users (one target each)", "",
+             f"{split.num_items} items, {split.test['u'].nunique()} test users, {len(split.test)} test targets", "",
              f"Encoder {emb.encoder_id}; train seeds {', '.join(map(str, seeds))} (Sora and SASRec: mean ± std over "
              f"{n_seeds} trainings; MostPop, EASE and recency-EASE are deterministic).", "",
              "| model | " + " | ".join(KEYS) + " | valid ndcg@10 | chosen on valid | fit_s |",
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-ablations", action="store_true")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every Sora run")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--split-mode", choices=("leave-last-out", "global-temporal"), default="leave-last-out",
+                   help="leave-last-out (Protocol T) or one global time cut at split.ratios' quantiles")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,18 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     base = SoraConfig().with_overrides(args.set)
     started = dt.datetime.now(dt.UTC)
     cmd = "python benchmarks/protocol_t.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [BEGIN, "## Protocol T: next item, leave-last-out (benchmarks/protocol_t.py)", "",
+    gt = args.split_mode == "global-temporal"
+    begin, end = (BEGIN.replace("protocol-t", "global-temporal"), END.replace("protocol-t", "global-temporal")) if gt \
+        else (BEGIN, END)
+    cut = ("one time cut for every user at the split.ratios quantiles of the timestamps "
+           f"({base.split.ratios[0]:g} / {base.split.ratios[0] + base.split.ratios[1]:g}); every later event of a user "
+           "with a training event is a target (valid after the first cut, test after the second)") if gt else \
+        ("each user's positives in time order (ties in input-file order); users with ≥ 3 give the last to test and the "
+         "second-to-last to valid")
+    lines = [begin, f"## {'Global temporal cut' if gt else 'Protocol T'}: next item, {args.split_mode} "
+                    "(benchmarks/protocol_t.py)", "",
              f"- command: `{cmd.strip()}` (after `make venv`)",
              f"- date: {started:%Y-%m-%d %H:%M} UTC; machine: {machine()}",
-             f"- protocol (DESIGN.md §4): ratings ≥ {base.split.rating_threshold} positive; each user's positives in "
-             "time order (ties in input-file order); users with ≥ 3 give the last to test and the second-to-last to "
-             "valid; every model reads the whole prefix (train, plus the valid item for test: Sora through "
-             "`score_user_recent`); full ranking over the catalogue, prefix excluded; everything chosen on valid "
-             "NDCG@10 only", ""]
+             f"- protocol (DESIGN.md §4): ratings ≥ {base.split.rating_threshold} positive; {cut}; every model reads "
+             "the whole prefix (train, plus the valid items for test: Sora through `score_user_recent`); full ranking "
+             "over the catalogue, prefix excluded; everything chosen on valid NDCG@10 only", ""]
     for data_dir in args.data:
-        lines += run_dataset(data_dir, base, args.seeds, not args.skip_ablations)
-    lines.append(END)
-    write_section(args.out, BEGIN, END, "\n".join(lines))
+        lines += run_dataset(data_dir, base, args.seeds, not args.skip_ablations, args.split_mode)
+    lines.append(end)
+    write_section(args.out, begin, end, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -29,7 +29,9 @@ import yaml
 log = logging.getLogger(__name__)
 
 #: Values of the string keys with a fixed set of values (checked by ``SoraConfig.validate``).
-SPLIT_MODES = ("random", "temporal", "cold-item", "leave-last-out")
+SPLIT_MODES = ("random", "temporal", "cold-item", "leave-last-out", "global-temporal")
+#: Next-item protocols: parts in sequence order, test reads the valid items as history, causal training.
+SEQUENTIAL_SPLIT_MODES = ("leave-last-out", "global-temporal")
 TRAIN_LOSSES = ("softmax", "bpr")
 TRAIN_DEVICES = ("auto", "cpu", "cuda")
 USER_EDGE_KINDS = ("given", "knn", "none")
@@ -60,7 +62,9 @@ class ValidationConfig:
 
 @dataclass
 class SplitConfig:
-    mode: str = "random"  # random | temporal | cold-item | leave-last-out (Protocol T, next item)
+    #: random | temporal | cold-item | leave-last-out (Protocol T, next item) | global-temporal (one time
+    #: cut for everyone at the ``ratios`` quantiles of the timestamps; later events of trained users are targets)
+    mode: str = "random"
     seed: int = 2020
     #: Interactions with rating >= threshold are positives; None keeps every interaction.
     rating_threshold: float | None = 3.0
@@ -168,7 +172,8 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch default
     #: Sequence-aware training (Protocol T): every training item is a target seen only through the
     #: ``model.history_len`` items before it in the user's sequence (anonymous user token, no future).
-    #: null = on exactly when ``split.mode`` is leave-last-out (next-item data); true / false force it.
+    #: null = on exactly when ``split.mode`` is a next-item protocol (leave-last-out, global-temporal);
+    #: true / false force it.
     causal: bool | None = None
     #: Recency decays of the item–item head tried on valid (with its weight): a history item of age a
     #: (0 = the newest) weighs decay**a. (1.0,) keeps the head binary. Needs timestamps to mean anything.
@@ -297,7 +302,7 @@ class SoraConfig:
     @property
     def causal_training(self) -> bool:
         """Whether training is sequence-aware: ``train.causal``, or by default whether the split is next-item."""
-        return self.train.causal if self.train.causal is not None else self.split.mode == "leave-last-out"
+        return self.train.causal if self.train.causal is not None else self.split.mode in SEQUENTIAL_SPLIT_MODES
 
     def resolved(self) -> SoraConfig:
         """This config with every null ``AUTO`` key set for its training mode (self when none is null).

@@ -9,7 +9,8 @@ whole prefix before the target: the training sequence for valid, plus the valid 
 through :meth:`~sora.recommender.Recommender.score_user_recent`, EASE and recency-EASE through the
 history row, SASRec through its sequence). MostPop, BPR and LightGCN have no history input. The
 sequence baselines ``recency_ease`` (decay tuned on valid) and ``sasrec`` (early-stopped on valid)
-are added to any baseline run on a leave-last-out model.
+are added to any baseline run on a leave-last-out model. ``global-temporal`` is read the same way:
+every valid / test event after the cut is a target, the prefix is everything before its part.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from sora.config import SoraConfig
+from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig
 from sora.data import DataError, Dataset
 from sora.itemsim import ease_weights
 from sora.metrics import evaluate_scores
@@ -75,7 +76,7 @@ def model_scores(rec: Recommender, split: Split, part: str, alpha: float | None 
     The fitted user vectors already encode the training history (the prefix before the valid target);
     for the test target the valid item is folded in through :meth:`Recommender.score_user_recent`.
     """
-    if split.spec.mode != "leave-last-out" or part != "test":
+    if split.spec.mode not in SEQUENTIAL_SPLIT_MODES or part != "test":
         return lambda users: rec.score_users(users, alpha)
     recent = sequences(split, "valid")
 
@@ -175,7 +176,7 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
     sasrec its ``best_epoch``); the sequence baselines are skipped, with a warning, on other splits.
     """
     x_train = split.matrix("train")
-    sequential = split.spec.mode == "leave-last-out"
+    sequential = split.spec.mode in SEQUENTIAL_SPLIT_MODES
     out: dict[str, dict[str, Any]] = {}
     ease_b: list[np.ndarray] = []  # fitted once, shared by ease and recency_ease
 
@@ -192,7 +193,8 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
             log.warning("%s skipped: %d items > graph.ease_max_items", name, split.num_items)
             continue
         if name in SEQUENCE_BASELINES and not sequential:
-            log.warning("%s skipped: it needs split.mode=leave-last-out, not %s", name, split.spec.mode)
+            log.warning("%s skipped: it needs a next-item split (split.mode=leave-last-out or global-temporal), not %s",
+                        name, split.spec.mode)
             continue
         if name == "mostpop":
             fn = mostpop_scores(x_train)
@@ -245,7 +247,7 @@ def evaluate_model(rec: Recommender, split: Split, cfg: SoraConfig | None = None
     scores read the valid item as the newest history event (:func:`model_scores`).
     """
     cfg = cfg or rec.config
-    if baselines and split.spec.mode == "leave-last-out":
+    if baselines and split.spec.mode in SEQUENTIAL_SPLIT_MODES:
         baselines = tuple(dict.fromkeys((*baselines, *SEQUENCE_BASELINES)))
     report: dict[str, Any] = {
         "valid": evaluate_split(model_scores(rec, split, "valid"), split, "valid", cfg.eval.ks, cfg.eval.batch_size),

@@ -11,6 +11,11 @@ of them are valid-cold, half test-cold, and they exist for the model only throug
 row order; a user with three or more gives the last to test and the second-to-last to valid, the rest
 train (fewer than three: all train). Its parts keep that sequence order row by row (user, then time,
 then input row), so :func:`sora.protocol.sequences` reads each user's history straight from them.
+``global-temporal`` is the next-item protocol for larger data: one cut in time for everyone, at the
+``ratios`` quantiles of the positives' timestamps (train up to the first, valid up to the second, test
+after; an event at a cut goes to the earlier part). Every valid and test event of a user with a
+training event is a target (test reads the user's valid events as history); the later events of users
+with no training event are dropped. Parts keep sequence order as under ``leave-last-out``.
 
 Users and items are indexed once here: users in sorted order of the kept interactions, items in the
 order of the ``items`` table (the whole catalogue is ranked, including items nobody rated).
@@ -27,12 +32,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sora.config import SplitConfig
+from sora.config import SEQUENTIAL_SPLIT_MODES, SPLIT_MODES, SplitConfig
 from sora.data import Dataset, timestamps_to_seconds
 
 log = logging.getLogger(__name__)
 
-MODES = ("random", "temporal", "cold-item", "leave-last-out")
+MODES = SPLIT_MODES
 PARTS = ("train", "valid", "test")
 
 
@@ -131,6 +136,21 @@ def leave_last_out_labels(users: np.ndarray, min_positives: int = 3) -> np.ndarr
     return labels
 
 
+def global_temporal_labels(users: np.ndarray, ts: np.ndarray, ratios: tuple[float, float, float]) -> np.ndarray:
+    """Part labels (0 train, 1 valid, 2 test, -1 dropped) for one global time cut at the ``ratios`` quantiles.
+
+    An event at a cut goes to the earlier part. The valid and test events of a user with no training event
+    are dropped (-1): there is no history to predict them from that the model was trained on.
+    """
+    if len(ts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t1, t2 = np.quantile(ts, [ratios[0], ratios[0] + ratios[1]])
+    labels = np.where(ts <= t1, 0, np.where(ts <= t2, 1, 2)).astype(np.int64)
+    known = np.bincount(users[labels == 0], minlength=int(users.max()) + 1) > 0
+    labels[(labels > 0) & ~known[users]] = -1
+    return labels
+
+
 def _positives(dataset: Dataset, threshold: float | None) -> pd.DataFrame:
     df = dataset.interactions
     keep = pd.Series(True, index=df.index)
@@ -156,8 +176,8 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
         "i": pos["item_id"].map(item_index).to_numpy(np.int64),
         "ts": pos["ts"].to_numpy(float),
     })
-    if cfg.mode == "leave-last-out":
-        # Protocol T: time order with ties in input-file order (the row order of the interactions table).
+    if cfg.mode in SEQUENTIAL_SPLIT_MODES:
+        # next item: time order with ties in input-file order (the row order of the interactions table).
         frame = frame.iloc[np.lexsort((np.arange(len(frame)), frame["ts"].to_numpy(), frame["u"].to_numpy()))]
     else:
         # A stable base order makes the split independent of the input row order.
@@ -167,6 +187,11 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
     cold_valid = cold_test = np.zeros(0, dtype=np.int64)
     if cfg.mode == "leave-last-out":
         part = leave_last_out_labels(frame["u"].to_numpy())
+    elif cfg.mode == "global-temporal":
+        part = global_temporal_labels(frame["u"].to_numpy(), frame["ts"].to_numpy(), tuple(cfg.ratios))
+        if (part == -1).any():
+            log.info("split global-temporal: %d later events of users with no earlier history dropped",
+                     int((part == -1).sum()))
     elif cfg.mode == "cold-item":
         rated = np.unique(frame["i"].to_numpy())
         n_cold = max(2, int(round(cfg.cold_item_ratio * len(rated))))

@@ -16,7 +16,7 @@ from sora.evaluate import (
     run_baselines,
 )
 from sora.protocol import history_of, recency_ease_scores, recency_matrix, sequences
-from sora.split import Split, leave_last_out_labels, make_split
+from sora.split import Split, global_temporal_labels, leave_last_out_labels, make_split
 
 LLO = SplitConfig(mode="leave-last-out")
 
@@ -188,14 +188,16 @@ def test_causal_windows_see_only_earlier_items():
     assert users.tolist() == [0, 0, 1] and items.tolist() == [[3], [5], [1]] and targets.tolist() == [[4], [3], [2]]
 
 
-def test_causal_training_gives_a_history_only_model(tmp_path):
+@pytest.mark.parametrize("mode", ["leave-last-out", "global-temporal"])
+def test_causal_training_gives_a_history_only_model(tmp_path, mode):
     from sora.text import HashEncoder
     from sora.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=40, per_user=10)
     cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "train.max_epochs=2", "train.batch_size=64",
-                                       "model.history_len=4", "split.mode=leave-last-out", "train.causal=true"])
+                                       "model.history_len=4", f"split.mode={mode}"])
+    assert cfg.causal_training  # both next-item protocols train causally by default
     split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
     rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
     assert rec.user_tokens is None  # the user is read only through its history
@@ -241,3 +243,52 @@ def test_decayed_head_is_recency_ease_on_the_prefix_and_survives_save_load(tmp_p
         head = model_scores(rec, split, part, 1.0)(users) - model_scores(rec, split, part, 0.0)(users)
         want = recency_ease_scores(ii, 0.7)(users, [history_of(split, part)[u] for u in users])
         torch.testing.assert_close(head, want, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ global-temporal: one time cut for everyone
+
+GT = SplitConfig(mode="global-temporal", ratios=(0.5, 0.25, 0.25))
+
+
+def _timed_dataset() -> Dataset:
+    """Timestamps 1..8 spread over users: a has history before every cut, b joins in valid, c only in test."""
+    rows = [("a", "i0", 5.0, 1), ("a", "i1", 5.0, 2), ("b", "i2", 5.0, 3), ("a", "i3", 5.0, 4),
+            ("a", "i4", 5.0, 5), ("b", "i5", 5.0, 6), ("a", "i2", 5.0, 7), ("b", "i1", 5.0, 8),
+            ("c", "i0", 5.0, 8), ("c", "i1", 1.0, 1)]  # c's early row is a negative: c has no earlier history
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(6)], "title": [f"t{k}" for k in range(6)]})
+    return Dataset(inter, items)
+
+
+def test_global_temporal_cuts_everyone_at_the_same_time():
+    split = make_split(_timed_dataset(), GT)
+    # the positives' timestamps 1, 2, ..., 8, 8: the 0.5 and 0.75 quantiles cut at 5 and 7 (a tie: earlier part)
+    assert split.train["ts"].max() == 5 and split.valid["ts"].between(6, 7).all() and (split.test["ts"] > 7).all()
+    assert _items(split, "train", "a") == ["i0", "i1", "i3", "i4"] and _items(split, "train", "b") == ["i2"]
+    assert _items(split, "valid", "a") == ["i2"] and _items(split, "valid", "b") == ["i5"]
+    assert not _items(split, "test", "a") and _items(split, "test", "b") == ["i1"]
+    assert not _items(split, "test", "c")  # c's only positive comes after the cut, with no training event
+    b = split.user_ids.index("b")
+    assert [split.item_ids[i] for i in history_of(split, "test")[b]] == ["i2", "i5"]  # train, then valid
+
+
+def test_global_temporal_labels_need_a_training_event():
+    users = np.array([0, 0, 1, 1, 2, 2])
+    ts = np.array([1.0, 9.0, 5.0, 6.0, 8.0, 9.0])
+    # the 0.5 / 0.75 quantiles cut at 7 and 8.75; user 2 has no event before the first cut: both dropped
+    assert global_temporal_labels(users, ts, (0.5, 0.25, 0.25)).tolist() == [0, 2, 0, 0, -1, -1]
+    assert global_temporal_labels(np.zeros(0, np.int64), np.zeros(0), (0.8, 0.1, 0.1)).tolist() == []
+
+
+def test_global_temporal_is_a_next_item_protocol():
+    ds = _next_item_dataset(n_users=20, length=8)  # every user at timestamps 100..107
+    cfg = SoraConfig().with_overrides(["split.mode=global-temporal", "split.ratios=[0.6,0.2,0.2]",
+                                       "graph.ease_lambda=1"])
+    assert cfg.causal_training
+    split = make_split(ds, cfg.split)
+    assert len(split.valid) and len(split.test)
+    out = run_baselines(split, cfg, ("ease", "recency_ease"))
+    assert set(out) == {"ease", "recency_ease"} and "valid_ndcg@10" in out["ease"]  # read through the prefix
+    # a model that follows the newest item ranks every test target first only if test reads the valid items
+    got = evaluate_history(_follow_newest(split), split, "test", (10,))
+    assert got["ndcg@10"] == pytest.approx(1.0)

@@ -19,7 +19,7 @@ def test_parts_are_disjoint_and_cover_positives(tiny_dataset, mode):
     assert len(tr) + len(va) + len(te) == n_pos
 
 
-@pytest.mark.parametrize("mode", ["random", "temporal", "cold-item", "leave-last-out"])
+@pytest.mark.parametrize("mode", ["random", "temporal", "cold-item", "leave-last-out", "global-temporal"])
 def test_same_seed_same_split_and_row_order_does_not_matter(tiny_dataset, mode):
     a = make_split(tiny_dataset, SplitConfig(mode=mode, seed=7))
     shuffled = tiny_dataset.interactions.sample(frac=1.0, random_state=3)
