@@ -136,6 +136,12 @@ def leave_last_out_labels(users: np.ndarray, min_positives: int = 3) -> np.ndarr
     return labels
 
 
+def global_temporal_cuts(ts: np.ndarray, ratios: tuple[float, float, float]) -> tuple[float, float]:
+    """The two cut times of ``global-temporal``: the ``ratios[0]`` and ``ratios[0] + ratios[1]`` quantiles of ``ts``."""
+    t1, t2 = np.quantile(ts, [ratios[0], ratios[0] + ratios[1]])
+    return float(t1), float(t2)
+
+
 def global_temporal_labels(users: np.ndarray, ts: np.ndarray, ratios: tuple[float, float, float]) -> np.ndarray:
     """Part labels (0 train, 1 valid, 2 test, -1 dropped) for one global time cut at the ``ratios`` quantiles.
 
@@ -144,7 +150,7 @@ def global_temporal_labels(users: np.ndarray, ts: np.ndarray, ratios: tuple[floa
     """
     if len(ts) == 0:
         return np.zeros(0, dtype=np.int64)
-    t1, t2 = np.quantile(ts, [ratios[0], ratios[0] + ratios[1]])
+    t1, t2 = global_temporal_cuts(ts, ratios)
     labels = np.where(ts <= t1, 0, np.where(ts <= t2, 1, 2)).astype(np.int64)
     known = np.bincount(users[labels == 0], minlength=int(users.max()) + 1) > 0
     labels[(labels > 0) & ~known[users]] = -1
@@ -189,6 +195,9 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
         part = leave_last_out_labels(frame["u"].to_numpy())
     elif cfg.mode == "global-temporal":
         part = global_temporal_labels(frame["u"].to_numpy(), frame["ts"].to_numpy(), tuple(cfg.ratios))
+        if len(frame):
+            cuts = pd.to_datetime(list(global_temporal_cuts(frame["ts"].to_numpy(), tuple(cfg.ratios))), unit="s")
+            log.info("split global-temporal: cuts at %s and %s UTC", *cuts.strftime("%Y-%m-%d %H:%M"))
         if (part == -1).any():
             log.info("split global-temporal: %d later events of users with no earlier history dropped",
                      int((part == -1).sum()))

@@ -200,9 +200,12 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
     if len(split.train) == 0:
         raise ValueError("the train split is empty: no positive interactions to learn from")
     if len(split.valid) == 0:
+        hint = ("; global-temporal's valid part is the events after the split.ratios[0] quantile of the timestamps "
+                "of users with an event before it, so the timestamps must spread past the cut"
+                if split.spec.mode == "global-temporal" else "")
         raise ValueError(f"the valid split is empty: split.mode={split.spec.mode} left no interaction for validation "
                          f"({len(split.train)} train rows, {nu} users); early stopping and the item–item weight are "
-                         "chosen on valid, so give users more interactions or use another split")
+                         f"chosen on valid, so give users more interactions or use another split{hint}")
     if mc.use_text and embeddings is None:
         raise ValueError("model.use_text=true needs item embeddings")
     if mc.use_item_item_score:

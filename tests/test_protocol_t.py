@@ -292,3 +292,15 @@ def test_global_temporal_is_a_next_item_protocol():
     # a model that follows the newest item ranks every test target first only if test reads the valid items
     got = evaluate_history(_follow_newest(split), split, "test", (10,))
     assert got["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_global_temporal_without_spread_in_time_names_the_cut():
+    from sora.training_prep import prepare_training
+
+    ds = _timed_dataset()
+    ds.interactions["timestamp"] = 5  # every event at one time: nothing lies after the first cut
+    split = make_split(ds, GT)
+    assert len(split.train) == 9 and len(split.valid) == len(split.test) == 0
+    with pytest.raises(ValueError, match="valid split is empty.*timestamps must spread past the cut"):
+        prepare_training(split, None, ds.items, SoraConfig().with_overrides(["split.mode=global-temporal"]),
+                         torch.device("cpu"))
