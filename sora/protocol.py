@@ -3,7 +3,8 @@
 Under ``split.mode=leave-last-out`` each user with three or more positives has one valid and one test
 target. A model is scored on valid with the user's training sequence as input, and on test with the
 training sequence plus the valid item; that same prefix is what the evaluation excludes from the ranking
-(train, and train + valid for test). Pure numpy / scipy / torch, no DGL.
+(train, and train + valid for test). ``split.mode=global-temporal`` has the same prefixes with any number
+of valid and test targets per user (every event after the cut). Pure numpy / scipy / torch, no DGL.
 
 Letters: B batch of users, U users, I items.
 """
