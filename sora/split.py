@@ -138,7 +138,7 @@ def leave_last_out_labels(users: np.ndarray, min_positives: int = 3) -> np.ndarr
 
 def global_temporal_cuts(ts: np.ndarray, ratios: tuple[float, float, float]) -> tuple[float, float]:
     """The two cut times of ``global-temporal``: the ``ratios[0]`` and ``ratios[0] + ratios[1]`` quantiles of ``ts``."""
-    t1, t2 = np.quantile(ts, [ratios[0], ratios[0] + ratios[1]])
+    t1, t2 = np.quantile(ts, [ratios[0], min(ratios[0] + ratios[1], 1.0)])  # the ratios sum to 1 within 1e-6
     return float(t1), float(t2)
 
 
@@ -155,6 +155,14 @@ def global_temporal_labels(users: np.ndarray, ts: np.ndarray, ratios: tuple[floa
     known = np.bincount(users[labels == 0], minlength=int(users.max()) + 1) > 0
     labels[(labels > 0) & ~known[users]] = -1
     return labels
+
+
+def _time_label(t: float) -> str:
+    """A cut time for the log: a UTC date when ``t`` reads as epoch seconds, else the number itself."""
+    try:
+        return pd.Timestamp(t, unit="s").strftime("%Y-%m-%d %H:%M UTC")
+    except (ValueError, OverflowError, NotImplementedError, pd.errors.OutOfBoundsDatetime):
+        return f"t={t:g}"
 
 
 def _positives(dataset: Dataset, threshold: float | None) -> pd.DataFrame:
@@ -196,8 +204,8 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
     elif cfg.mode == "global-temporal":
         part = global_temporal_labels(frame["u"].to_numpy(), frame["ts"].to_numpy(), tuple(cfg.ratios))
         if len(frame):
-            cuts = pd.to_datetime(list(global_temporal_cuts(frame["ts"].to_numpy(), tuple(cfg.ratios))), unit="s")
-            log.info("split global-temporal: cuts at %s and %s UTC", *cuts.strftime("%Y-%m-%d %H:%M"))
+            log.info("split global-temporal: cuts at %s and %s",
+                     *map(_time_label, global_temporal_cuts(frame["ts"].to_numpy(), tuple(cfg.ratios))))
         if (part == -1).any():
             log.info("split global-temporal: %d later events of users with no earlier history dropped",
                      int((part == -1).sum()))

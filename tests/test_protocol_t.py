@@ -195,10 +195,14 @@ def test_causal_training_gives_a_history_only_model(tmp_path, mode):
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=40, per_user=10)
+    if mode == "global-temporal":  # users active side by side: each one's j-th event in the same period j
+        rank = ds.interactions.groupby("user_id").cumcount().to_numpy()
+        ds.interactions["timestamp"] = 880_000_000 + rank * 100 + np.arange(len(rank)) % 100
     cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "train.max_epochs=2", "train.batch_size=64",
                                        "model.history_len=4", f"split.mode={mode}"])
     assert cfg.causal_training  # both next-item protocols train causally by default
     split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+    assert split.test["u"].nunique() > 1 and split.valid["u"].nunique() > 1
     rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
     assert rec.user_tokens is None  # the user is read only through its history
     valid_item = int(split.valid["i"].iloc[0])
@@ -292,6 +296,15 @@ def test_global_temporal_is_a_next_item_protocol():
     # a model that follows the newest item ranks every test target first only if test reads the valid items
     got = evaluate_history(_follow_newest(split), split, "test", (10,))
     assert got["ndcg@10"] == pytest.approx(1.0)
+
+
+def test_global_temporal_reads_any_epoch_unit():
+    ds = _timed_dataset()
+    ds.interactions["timestamp"] = ds.interactions["timestamp"] * 1000 + 1_430_000_000_000  # milliseconds
+    split = make_split(ds, GT)
+    ref = make_split(_timed_dataset(), GT)
+    for part in ("train", "valid", "test"):
+        assert split.part(part)[["u", "i"]].equals(ref.part(part)[["u", "i"]])
 
 
 def test_global_temporal_without_spread_in_time_names_the_cut():
