@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section  # noqa: E402
 from quality import machine, peak_rss  # noqa: E402
 
-from sora.config import SoraConfig  # noqa: E402
+from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig  # noqa: E402
 from sora.data import load_dataset  # noqa: E402
 from sora.evaluate import evaluate_split, model_scores, run_baselines  # noqa: E402
 from sora.split import make_split  # noqa: E402
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-ablations", action="store_true")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every Sora run")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--split-mode", choices=("leave-last-out", "global-temporal"), default="leave-last-out",
+    p.add_argument("--split-mode", choices=SEQUENTIAL_SPLIT_MODES, default="leave-last-out",
                    help="leave-last-out (Protocol T) or one global time cut at split.ratios' quantiles")
     args = p.parse_args(argv)
     if args.threads:

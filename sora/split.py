@@ -142,15 +142,15 @@ def global_temporal_cuts(ts: np.ndarray, ratios: tuple[float, float, float]) -> 
     return float(t1), float(t2)
 
 
-def global_temporal_labels(users: np.ndarray, ts: np.ndarray, ratios: tuple[float, float, float]) -> np.ndarray:
-    """Part labels (0 train, 1 valid, 2 test, -1 dropped) for one global time cut at the ``ratios`` quantiles.
+def global_temporal_labels(users: np.ndarray, ts: np.ndarray, cuts: tuple[float, float]) -> np.ndarray:
+    """Part labels (0 train, 1 valid, 2 test, -1 dropped) for one global time cut at ``cuts`` (t1, t2).
 
     An event at a cut goes to the earlier part. The valid and test events of a user with no training event
     are dropped (-1): there is no history to predict them from that the model was trained on.
     """
     if len(ts) == 0:
         return np.zeros(0, dtype=np.int64)
-    t1, t2 = global_temporal_cuts(ts, ratios)
+    t1, t2 = cuts
     labels = np.where(ts <= t1, 0, np.where(ts <= t2, 1, 2)).astype(np.int64)
     known = np.bincount(users[labels == 0], minlength=int(users.max()) + 1) > 0
     labels[(labels > 0) & ~known[users]] = -1
@@ -202,10 +202,11 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
     if cfg.mode == "leave-last-out":
         part = leave_last_out_labels(frame["u"].to_numpy())
     elif cfg.mode == "global-temporal":
-        part = global_temporal_labels(frame["u"].to_numpy(), frame["ts"].to_numpy(), tuple(cfg.ratios))
-        if len(frame):
-            log.info("split global-temporal: cuts at %s and %s",
-                     *map(_time_label, global_temporal_cuts(frame["ts"].to_numpy(), tuple(cfg.ratios))))
+        ts = frame["ts"].to_numpy()
+        cuts = global_temporal_cuts(ts, tuple(cfg.ratios)) if len(ts) else (0.0, 0.0)
+        part = global_temporal_labels(frame["u"].to_numpy(), ts, cuts)
+        if len(ts):
+            log.info("split global-temporal: cuts at %s and %s", *map(_time_label, cuts))
         if (part == -1).any():
             log.info("split global-temporal: %d later events of users with no earlier history dropped",
                      int((part == -1).sum()))

@@ -16,7 +16,7 @@ from sora.evaluate import (
     run_baselines,
 )
 from sora.protocol import history_of, recency_ease_scores, recency_matrix, sequences
-from sora.split import Split, global_temporal_labels, leave_last_out_labels, make_split
+from sora.split import Split, global_temporal_cuts, global_temporal_labels, leave_last_out_labels, make_split
 
 LLO = SplitConfig(mode="leave-last-out")
 
@@ -280,8 +280,9 @@ def test_global_temporal_labels_need_a_training_event():
     users = np.array([0, 0, 1, 1, 2, 2])
     ts = np.array([1.0, 9.0, 5.0, 6.0, 8.0, 9.0])
     # the 0.5 / 0.75 quantiles cut at 7 and 8.75; user 2 has no event before the first cut: both dropped
-    assert global_temporal_labels(users, ts, (0.5, 0.25, 0.25)).tolist() == [0, 2, 0, 0, -1, -1]
-    assert global_temporal_labels(np.zeros(0, np.int64), np.zeros(0), (0.8, 0.1, 0.1)).tolist() == []
+    assert global_temporal_cuts(ts, (0.5, 0.25, 0.25)) == (7.0, 8.75)
+    assert global_temporal_labels(users, ts, global_temporal_cuts(ts, (0.5, 0.25, 0.25))).tolist() == [0, 2, 0, 0, -1, -1]
+    assert global_temporal_labels(np.zeros(0, np.int64), np.zeros(0), (0.0, 0.0)).tolist() == []
 
 
 def test_global_temporal_is_a_next_item_protocol():
