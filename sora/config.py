@@ -97,7 +97,9 @@ class GraphConfig:
     cooccur_k: int = 10
     #: Item–item head: EASE weights kept per item; 0 keeps the dense (I, I) matrix (best for small catalogues).
     ease_k: int = 0
-    ease_lambda: float = 300.0
+    #: EASE's ridge λ for the item–item head and the EASE baselines; null = chosen on the valid split
+    #: (EASE alone, a walk over 300·2^k, |k| ≤ 5; a cold-item split and the sparse head take 300).
+    ease_lambda: float | None = None
     #: EASE needs a dense (I, I) inverse; above this many items the sparse head replaces it.
     ease_max_items: int = 20_000
     #: Sparse head (above ease_max_items): each item's EASE column regresses on its n most co-occurring

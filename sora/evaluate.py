@@ -28,7 +28,7 @@ import torch
 
 from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig
 from sora.data import DataError, Dataset
-from sora.itemsim import ease_weights
+from sora.itemsim import ease_score_fn, ease_weights
 from sora.metrics import evaluate_scores
 from sora.protocol import (
     DECAY_GRID,
@@ -39,6 +39,7 @@ from sora.protocol import (
     with_histories,
 )
 from sora.recommender import Recommender
+from sora.selection import EaseChoice, ease_on_valid
 from sora.split import Split, make_split
 from sora.text import ItemEmbeddings
 
@@ -107,16 +108,7 @@ def mostpop_scores(x_train: sp.csr_matrix) -> ScoreFn:
 
 
 def ease_scores(x_train: sp.csr_matrix, lam: float) -> ScoreFn:
-    b = ease_weights(x_train, lam)
-    return lambda users: torch.from_numpy(np.asarray(x_train[users] @ b, dtype=np.float32))
-
-
-def tune_recency_ease(b: np.ndarray, split: Split, ks: tuple[int, ...], batch_size: int = 1024,
-                      grid: tuple[float, ...] = DECAY_GRID) -> tuple[float, dict[float, float]]:
-    """The decay with the best valid NDCG@10 (first of equals) and valid NDCG@10 per decay."""
-    valid = {d: evaluate_history(recency_ease_scores(b, d), split, "valid", ks, batch_size)["ndcg@10"] for d in grid}
-    best = max(grid, key=lambda d: (valid[d], -grid.index(d)))
-    return best, valid
+    return ease_score_fn(x_train, ease_weights(x_train, lam))
 
 
 def sasrec_baseline(split: Split, cfg: SoraConfig, sasrec_cfg=None) -> tuple[HistoryScoreFn, dict[str, Any]]:
@@ -172,23 +164,24 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
 
     ``per_user``: filled with each baseline's per-user test metrics (see :func:`~sora.metrics.evaluate_scores`).
 
-    On a leave-last-out split each also reports ``valid_ndcg@10`` (recency_ease its chosen ``decay``,
-    sasrec its ``best_epoch``); the sequence baselines are skipped, with a warning, on other splits.
+    ease and recency_ease report their ``lambda`` (chosen on valid when ``graph.ease_lambda`` is null,
+    jointly with recency_ease's ``decay``: tuned EASE) and, when chosen, its ``valid_ndcg@10``. On a
+    leave-last-out split each also reports ``valid_ndcg@10`` (sasrec its ``best_epoch``); the sequence
+    baselines are skipped, with a warning, on other splits.
     """
     x_train = split.matrix("train")
     sequential = split.spec.mode in SEQUENTIAL_SPLIT_MODES
     out: dict[str, dict[str, Any]] = {}
-    ease_b: list[np.ndarray] = []  # fitted once, shared by ease and recency_ease
 
-    def ease_b_once() -> np.ndarray:
-        if not ease_b:
-            ease_b.append(ease_weights(x_train, cfg.graph.ease_lambda))
-        return ease_b[0]
+    def tuned_ease(decays: tuple[float, ...]) -> EaseChoice:
+        """EASE with λ (and recency-EASE's decay) chosen on its own valid when graph.ease_lambda is null."""
+        return ease_on_valid(x_train, split, cfg.graph.ease_lambda, decays, cfg.eval.batch_size)
 
     for name in names:
         start = time.perf_counter()
         hist_fn: HistoryScoreFn | None = None  # set for models that read the prefix (Protocol T)
         extra: dict[str, Any] = {}
+        ease: EaseChoice | None = None
         if name in ("ease", "recency_ease") and split.num_items > cfg.graph.ease_max_items:
             log.warning("%s skipped: %d items > graph.ease_max_items", name, split.num_items)
             continue
@@ -199,14 +192,15 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
         if name == "mostpop":
             fn = mostpop_scores(x_train)
         elif name == "ease" and sequential:
-            hist_fn = recency_ease_scores(ease_b_once(), 1.0)  # decay 1: the binary prefix row, plain EASE
+            ease = tuned_ease((1.0,))
+            hist_fn = recency_ease_scores(ease.weights, 1.0)  # decay 1: the binary prefix row, plain EASE
         elif name == "ease":
-            fn = ease_scores(x_train, cfg.graph.ease_lambda)
+            ease = tuned_ease((1.0,))
+            fn = ease_score_fn(x_train, ease.weights)
         elif name == "recency_ease":
-            decay, valid = tune_recency_ease(ease_b_once(), split, cfg.eval.ks, cfg.eval.batch_size)
-            hist_fn = recency_ease_scores(ease_b_once(), decay)
-            extra = {"decay": decay, "valid_ndcg@10": valid[decay]}
-            log.info("recency_ease: valid ndcg@10 by decay %s", {d: round(v, 4) for d, v in valid.items()})
+            ease = tuned_ease(DECAY_GRID)
+            hist_fn = recency_ease_scores(ease.weights, ease.decay)
+            extra["decay"] = ease.decay
         elif name == "sasrec":
             hist_fn, extra = sasrec_baseline(split, cfg)
         elif name == "bpr":
@@ -223,6 +217,10 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
             fn = res.recommender.score_users
         else:
             raise ValueError(f"unknown baseline {name!r}")
+        if ease is not None:
+            extra["lambda"] = ease.lam
+            if ease.valid:
+                extra["valid_ndcg@10"] = ease.valid[ease.lam]
         fit_s = time.perf_counter() - start
         pu = None if per_user is None else per_user.setdefault(name, {})
         if hist_fn is not None:

@@ -32,6 +32,11 @@ def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
     return b.astype(np.float32)
 
 
+def ease_score_fn(x: sp.csr_matrix, b: np.ndarray):
+    """Score function of fitted EASE weights ``b``: user indices (B,) → their rows of X·B as a (B, I) tensor."""
+    return lambda users: torch.from_numpy(np.asarray(x[users] @ b, dtype=np.float32))
+
+
 def topk_dense(weights: np.ndarray, k: int, positive_only: bool = False) -> Edges:
     """Keep each row's k largest entries of a dense (I, I) matrix (diagonal excluded)."""
     w = torch.from_numpy(weights).clone()

@@ -169,6 +169,8 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     loop = run_epochs(model, prep, cfg, progress)
     rec = fit(model, prep, prep.ii)
     rec.config = cfg  # a shared preparation was built with another trial's config
+    if cfg.graph.ease_lambda is None and prep.ease_lambda is not None:  # the λ chosen on valid is saved
+        rec.config = cfg.with_overrides([f"graph.ease_lambda={prep.ease_lambda}"])
     rec.meta.update({"best_epoch": loop.best.epoch, "epochs_run": len(loop.history), "history": loop.history,
                      "prepare": prep.stages})
     valid = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, prep.x_train,

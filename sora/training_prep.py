@@ -31,6 +31,7 @@ import torch
 from sora.config import GraphConfig, SoraConfig
 from sora.gnn import TorchGraph
 from sora.itemsim import auto_neighbours, ease_sparse, ease_weights, interaction_matrix, topk_dense
+from sora.selection import EASE_LAMBDA_START, ease_on_valid
 from sora.split import Split
 from sora.text import ItemEmbeddings
 
@@ -78,6 +79,8 @@ class Prepared:
     #: ``train.causal`` with the Transformer: next-item training windows, CPU (see :func:`causal_windows`):
     #: users (N,), items (N, L) oldest first, left-padded, their mask and targets (N, L) (-100 = none)
     windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    #: the item–item head's EASE λ (chosen on valid when ``graph.ease_lambda`` is null)
+    ease_lambda: float | None = None
 
     @property
     def tensors(self) -> dict[str, torch.Tensor | None]:
@@ -172,20 +175,33 @@ def check_item_item_head(num_items: int, cfg: GraphConfig) -> str:
     return "dense"
 
 
-def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig) -> sp.csr_matrix | np.ndarray:
-    """EASE coefficients on training data: dense (I, I) up to ``graph.ease_max_items`` items (top ``ease_k``
-    per item when ``ease_k > 0``), above it the sparse neighbourhood EASE. Never silently absent."""
+def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None = None,
+                   decays: tuple[float, ...] = (1.0,), batch_size: int = 1024) -> tuple[sp.csr_matrix | np.ndarray, float]:
+    """(EASE coefficients on training data, their λ): dense (I, I) up to ``graph.ease_max_items`` items (top
+    ``ease_k`` per item when ``ease_k > 0``), above it the sparse neighbourhood EASE. Never silently absent.
+
+    ``graph.ease_lambda`` null: the dense head's λ is chosen on ``split``'s valid part with the best of
+    the head's history ``decays`` (:func:`~sora.selection.ease_on_valid`); the sparse head, and a call
+    without a split, take 300.
+    """
     n = x_train.shape[1]
+    lam = cfg.ease_lambda
     if check_item_item_head(n, cfg) == "sparse":
+        lam = EASE_LAMBDA_START if lam is None else lam
         k = cfg.ease_neighbours or auto_neighbours(n)
-        log.info("item-item head: sparse neighbourhood EASE (%d items > graph.ease_max_items=%d, %d neighbours)",
-                 n, cfg.ease_max_items, k)
-        return ease_sparse(x_train, cfg.ease_lambda, k)
-    b = ease_weights(x_train, cfg.ease_lambda)
+        log.info("item-item head: sparse neighbourhood EASE (%d items > graph.ease_max_items=%d, %d neighbours, "
+                 "λ %g)", n, cfg.ease_max_items, k, lam)
+        return ease_sparse(x_train, lam, k), lam
+    if split is None:
+        lam = EASE_LAMBDA_START if lam is None else lam
+        b = ease_weights(x_train, lam)
+    else:
+        choice = ease_on_valid(x_train, split, lam, decays if lam is None else (1.0,), batch_size)
+        b, lam = choice.weights, choice.lam
     if cfg.ease_k <= 0 or cfg.ease_k >= n - 1:
-        return b
+        return b, lam
     src, dst, w = topk_dense(b, cfg.ease_k)
-    return sp.csr_matrix((w, (src, dst)), shape=(n, n))
+    return sp.csr_matrix((w, (src, dst)), shape=(n, n)), lam
 
 
 def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
@@ -235,16 +251,20 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
         hist, hmask = recent_history(split.train, nu, mc.history_len)
         windows = (causal_windows(split.train, mc.history_len) if cfg.causal_training and mc.use_transformer
                    else None)
-    ii = None
+    ii, ease_lambda = None, cfg.graph.ease_lambda
     if mc.use_item_item_score:
         with stage("item_item_head"):
-            ii = item_item_head(x_train, cfg.graph)
+            ii, ease_lambda = item_item_head(x_train, cfg.graph, split, tuple(cfg.train.head_decays),
+                                             cfg.eval.batch_size)
+        if cfg.graph.ease_lambda is None:  # the saved config holds the λ chosen on valid
+            cfg = copy.deepcopy(cfg)
+            cfg.graph.ease_lambda = ease_lambda
     with stage("static"):
         static = static_parts(split, items, cfg, x_train, text, embeddings)
     prep = Prepared(split=split, device=device, x_train=x_train, warm=warm,
                     text=text.to(device) if text is not None else None, graph=graph, etypes=etypes,
                     hist=hist.to(device), hmask=hmask.to(device), log_q=log_q.to(device), pairs=pairs, ii=ii,
-                    static=static, stages=stage.records, windows=windows)
+                    static=static, stages=stage.records, windows=windows, ease_lambda=ease_lambda)
     return prep
 
 

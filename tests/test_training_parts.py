@@ -7,8 +7,18 @@ import scipy.sparse as sp
 import torch
 
 from sora.config import ConfigError, SoraConfig
+from sora.evaluate import run_baselines
 from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
-from sora.selection import ALPHA_GRID, BestEpoch, select_alpha
+from sora.selection import (
+    ALPHA_GRID,
+    EASE_LAMBDA_START,
+    BestEpoch,
+    choose_ease_lambda,
+    ease_on_valid,
+    ease_valid_metric,
+    select_alpha,
+)
+from sora.split import make_split
 from sora.text import HashEncoder
 from sora.train import build_model, prepare, recent_history, resolve_device, train_model, tuning_trials
 from sora.training_loop import fit, run_epochs, softmax_loss
@@ -59,8 +69,8 @@ def test_prepared_once_with_timed_stages(tiny):
 def test_sparse_head_above_ease_max_items(tiny):
     ds, cfg, split, emb = tiny
     small = SoraConfig().with_overrides([*FAST, "graph.ease_max_items=10", "graph.ease_neighbours=5"])
-    ii = item_item_head(split.matrix("train"), small.graph)
-    assert sp.issparse(ii) and ii.shape == (split.num_items,) * 2
+    ii, lam = item_item_head(split.matrix("train"), small.graph)
+    assert sp.issparse(ii) and ii.shape == (split.num_items,) * 2 and lam == EASE_LAMBDA_START  # not searched
     assert (np.diff(ii.tocsc().indptr) <= 5).all()  # at most n weights per target item (column)
     rec = train_model(split, emb, ds.items, small, progress=False).recommender
     assert rec.ii is not None and sp.issparse(rec.ii)  # never dropped
@@ -137,6 +147,45 @@ def test_best_epoch_warmup_and_patience():
     assert not best.update(3, 0.4, {})
     assert best.epoch == 2 and best.state["w"].item() == 0.0
     assert not best.should_stop(3) and best.should_stop(4)
+
+
+@pytest.mark.parametrize(("peak", "want", "calls"), [(3, 3, 5), (-2, -2, 5), (0, 0, 3), (9, 5, 6), (-9, -5, 7)])
+def test_ease_lambda_walk_climbs_to_the_valid_peak(monkeypatch, peak, want, calls):
+    """The walk over 300·2^k follows valid NDCG@10 up or down to its peak, within |k| ≤ 5, one fit per λ."""
+    import sora.selection as sel
+
+    fits = []
+    monkeypatch.setattr(sel, "ease_weights", lambda x, lam: fits.append(lam) or lam)  # the "weights" are λ itself
+    metric = lambda lam: (-abs(np.log2(lam / 300) - peak), 0.9 if lam > 300 else 1.0)  # noqa: E731
+    choice = choose_ease_lambda(sp.csr_matrix((2, 2)), metric)
+    assert choice.lam == pytest.approx(300 * 2.0 ** want) and choice.weights == pytest.approx(choice.lam)
+    assert choice.decay == metric(choice.lam)[1]  # the decay that came with the best λ
+    assert len(fits) == len(set(fits)) == calls and set(choice.valid) == set(fits)
+    assert choice.valid[choice.lam] == max(choice.valid.values())
+
+
+def test_ease_lambda_chosen_on_valid_is_saved_and_shared_with_the_baselines(tiny):
+    ds, cfg, split, emb = tiny
+    x = split.matrix("train")
+    decays = tuple(cfg.train.head_decays)
+    choice = ease_on_valid(x, split, None, decays)
+    assert choice.valid and choice.valid[choice.lam] == max(choice.valid.values()) and choice.decay in decays
+    metric = ease_valid_metric(x, split, decays)
+    assert metric(choice.weights) == (choice.valid[choice.lam], choice.decay)
+    assert metric(choice.weights)[0] >= max(metric(ease_weights(x, lam))[0] for lam in (choice.lam / 2, choice.lam * 2))
+    prep = prepare_training(split, emb, ds.items, cfg, torch.device("cpu"))
+    assert prep.ease_lambda == choice.lam and np.allclose(prep.ii, choice.weights)
+    rec = train_model(split, emb, ds.items, cfg, progress=False, prepared=prep).recommender
+    assert rec.config.graph.ease_lambda == choice.lam and cfg.graph.ease_lambda is None  # saved; caller's untouched
+    plain = ease_on_valid(x, split, None)
+    assert run_baselines(split, cfg, ("ease",))["ease"]["lambda"] == plain.lam  # tuned EASE, on its own valid
+    fixed = cfg.with_overrides(["graph.ease_lambda=7"])
+    assert ease_on_valid(x, split, 7.0).valid == {}  # a given λ is not searched
+    assert set(ease_on_valid(x, split, 7.0, decays).valid) == {7.0}  # only the decay is
+    assert run_baselines(split, fixed, ("ease",))["ease"]["lambda"] == 7.0
+    assert prepare_training(split, emb, ds.items, fixed, torch.device("cpu")).ease_lambda == 7.0
+    cold = make_split(ds, cfg.with_overrides(["split.mode=cold-item"]).split)
+    assert ease_on_valid(cold.matrix("train"), cold, None).lam == EASE_LAMBDA_START  # cold valid items: no walk
 
 
 def test_select_alpha_picks_from_the_grid(tiny):
