@@ -62,7 +62,8 @@ def train_sora(split, emb, items, cfg: SoraConfig) -> dict:
         res = train_model(split, emb, items, cfg, progress=True)
     rec = res.recommender
     out = {"fit_s": res.seconds, "peak_mb": mem["peak_mb"], "epoch": f"{res.best_epoch}/{len(res.history)}",
-           "alpha": rec.alpha, "decay": rec.head_decay, "temperature": rec.config.train.temperature}
+           "alpha": rec.alpha, "decay": rec.head_decay, "temperature": rec.config.train.temperature,
+           "lambda": rec.config.graph.ease_lambda}
     for label, alpha in (("", None), ("nohead_", 0.0)):
         per_user: dict[str, np.ndarray] = {}
         out[label + "valid"] = evaluate_split(model_scores(rec, split, "valid", alpha), split, "valid", (10,))
@@ -108,13 +109,14 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: b
     s = runs["sora"]
     row("**sora**", [r["test"] for r in s], [r["valid"]["ndcg@10"] for r in s],
         "; ".join(f"temperature {r['temperature']:g}, epoch {r['epoch']}, head weight {r['alpha']:.3g}, "
-                  f"decay {r['decay']:g}" for r in s),
+                  f"decay {r['decay']:g}, λ {r['lambda']:g}" for r in s),
         np.mean([r["fit_s"] for r in s]))
     row("sora without item–item head (same weights)", [r["nohead_test"] for r in s],
         [r["nohead_valid"]["ndcg@10"] for r in s], "", np.mean([r["fit_s"] for r in s]))
     for name in DETERMINISTIC:
         m = det[name]
-        row(name, [m], [m["valid_ndcg@10"]], f"decay {m['decay']:g}" if "decay" in m else "", m["fit_seconds"])
+        chosen = ", ".join(f"{k} {m[key]:g}" for k, key in (("decay", "decay"), ("λ", "lambda")) if key in m)
+        row(name, [m], [m["valid_ndcg@10"]], chosen, m["fit_seconds"])
     q = runs["sasrec"]
     row("sasrec", [r["test"] for r in q], [r["valid"]["ndcg@10"] for r in q], "; ".join(f"epoch {r['epoch']}" for r in q),
         np.mean([r["fit_s"] for r in q]))

@@ -6,7 +6,7 @@ Variants (random split, the default protocol): ratings ≥ 4 as positives; a spa
 interactions, drawn at random); a denser copy (users and items with at least 50 and 20 ratings);
 a shorter-item-text copy (titles only). Each row: Sora with its defaults, which choose the training
 temperature, epochs, the item–item head's weight and its recency decay on that variant's valid split,
-next to EASE (λ from the config) on the same split, in the same run. Writes the "Variants" section.
+next to EASE (λ chosen on the same valid) on the same split, in the same run. Writes the "Variants" section.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def run(ds: Dataset, overrides: list[str]) -> dict:
     return {"users": split.num_users, "items": split.num_items, "train": len(split.train),
             "sora": test["ndcg@10"], "ease": ease["ndcg@10"], "valid": res.valid["ndcg@10"],
             "chosen": f"temperature {rec.config.train.temperature:g} (valid by temperature {chosen}), epoch "
-                      f"{res.best_epoch}, head weight {rec.alpha:.3g}, decay {rec.head_decay:g}",
+                      f"{res.best_epoch}, head weight {rec.alpha:.3g}, decay {rec.head_decay:g}, head λ "
+                      f"{rec.config.graph.ease_lambda:g}; EASE λ {ease['lambda']:g}",
             "fit_s": res.seconds}
 
 
