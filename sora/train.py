@@ -30,7 +30,7 @@ from sora.recommender import Recommender
 from sora.selection import ALPHA_GRID, select_alpha
 from sora.split import Split, make_split
 from sora.text import EmbeddingCache, ItemEmbeddings, TextEncoder, embed_items, load_encoder
-from sora.training_device import device_info, peak_device_memory_gb, resolve_device
+from sora.training_device import deterministic, device_info, peak_device_memory_gb, resolve_device
 from sora.training_loop import fit, run_epochs
 from sora.training_prep import (
     Prepared,
@@ -166,7 +166,8 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     log.info("training on %s", info)
     prep = prepared or prepare_training(split, embeddings, items, cfg, device, user_edges_df)
     model = build_model(prep, cfg)
-    loop = run_epochs(model, prep, cfg, progress)
+    with deterministic(device):  # the same seed gives the same model on the CPU, run after run
+        loop = run_epochs(model, prep, cfg, progress)
     rec = fit(model, prep, prep.ii)
     rec.config = cfg  # a shared preparation was built with another trial's config
     if cfg.graph.ease_lambda is None and prep.ease_lambda is not None:  # the λ chosen on valid is saved

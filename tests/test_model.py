@@ -98,6 +98,39 @@ def test_deterministic_for_a_seed():
     torch.testing.assert_close(a.recommender.score_users(users), b.recommender.score_users(users))
 
 
+_RUN_ONCE = """
+import hashlib, sys
+import numpy as np
+from sora.config import SoraConfig
+from sora.text import HashEncoder
+from sora.train import prepare, train_model
+from tests.conftest import make_dataset
+ds = make_dataset(n_users=60, n_items=80)
+cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=8", "train.max_epochs=3", "train.num_threads=2",
+                                   *sys.argv[1:]])
+split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+rec = train_model(split, emb, ds.items, cfg, progress=False).recommender
+print(hashlib.sha256(rec.score_users(np.arange(rec.num_users)).numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("mode", ["random", "leave-last-out"])
+def test_same_seed_same_model_across_processes(mode):
+    """Two processes (2 torch threads, other hash seeds) train bit-identical models: torch's deterministic
+    algorithms are on during CPU training (before, thread-order accumulation made them drift apart)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    digests = {subprocess.run([sys.executable, "-c", _RUN_ONCE, f"split.mode={mode}"], cwd=root, check=True,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": str(k)},
+                              ).stdout.split()[-1] for k in (1, 2)}
+    assert len(digests) == 1
+    assert not torch.are_deterministic_algorithms_enabled()  # training restores the process's setting
+
+
 @pytest.mark.parametrize("flag,check", [
     ("model.use_text=false", lambda r: r.model.text_in is None and r.meta["text_dim"] == 0),
     ("model.use_transformer=false", lambda r: r.model.fusion is None),
