@@ -175,7 +175,8 @@ def run_baselines(split: Split, cfg: SoraConfig, names: tuple[str, ...], embeddi
 
     def tuned_ease(decays: tuple[float, ...]) -> EaseChoice:
         """EASE with λ (and recency-EASE's decay) chosen on its own valid when graph.ease_lambda is null."""
-        return ease_on_valid(x_train, split, cfg.graph.ease_lambda, decays, cfg.eval.batch_size)
+        return ease_on_valid(x_train, split, cfg.graph.ease_lambda, decays, cfg.eval.batch_size,
+                             cfg.graph.ease_lambda_search_max_items)
 
     for name in names:
         start = time.perf_counter()

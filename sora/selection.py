@@ -102,17 +102,20 @@ def choose_ease_lambda(x_train: sp.csr_matrix, metric: EaseMetric, start: float 
 
 
 def ease_on_valid(x_train: sp.csr_matrix, split: Split, lam: float | None, decays: tuple[float, ...] = (1.0,),
-                  batch_size: int = 1024) -> EaseChoice:
+                  batch_size: int = 1024, search_max_items: int = 12_000) -> EaseChoice:
     """Dense EASE at ``lam`` (the decay of ``decays`` chosen on valid when there are several); with ``lam``
     None, at the λ and decay :func:`choose_ease_lambda` picks on ``split``'s valid.
 
     A cold-item split's valid items have no training interactions, so EASE cannot rank them and
-    nothing is searched there (λ is :data:`EASE_LAMBDA_START`, the decay the first of ``decays``).
+    nothing is searched there (λ is :data:`EASE_LAMBDA_START`, the decay the first of ``decays``);
+    above ``search_max_items`` items (``graph.ease_lambda_search_max_items``) λ is not searched either.
     """
     searchable = split.spec.mode != "cold-item" and len(split.valid) > 0
-    if lam is None and not searchable:
+    if lam is None and (not searchable or x_train.shape[1] > search_max_items):
         lam = EASE_LAMBDA_START
-        log.info("graph.ease_lambda %g (not searched on a %s split)", lam, split.spec.mode)
+        why = (f"a {split.spec.mode} split" if not searchable else
+               f"{x_train.shape[1]} items > graph.ease_lambda_search_max_items={search_max_items}")
+        log.info("graph.ease_lambda %g (not searched: %s)", lam, why)
     metric = ease_valid_metric(x_train, split, decays, batch_size) if searchable else None
     if lam is None:
         return choose_ease_lambda(x_train, metric)

@@ -196,7 +196,8 @@ def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None
         lam = EASE_LAMBDA_START if lam is None else lam
         b = ease_weights(x_train, lam)
     else:
-        choice = ease_on_valid(x_train, split, lam, decays if lam is None else (1.0,), batch_size)
+        choice = ease_on_valid(x_train, split, lam, decays if lam is None else (1.0,), batch_size,
+                               cfg.ease_lambda_search_max_items)
         b, lam = choice.weights, choice.lam
     if cfg.ease_k <= 0 or cfg.ease_k >= n - 1:
         return b, lam

@@ -186,6 +186,8 @@ def test_ease_lambda_chosen_on_valid_is_saved_and_shared_with_the_baselines(tiny
     assert prepare_training(split, emb, ds.items, fixed, torch.device("cpu")).ease_lambda == 7.0
     cold = make_split(ds, cfg.with_overrides(["split.mode=cold-item"]).split)
     assert ease_on_valid(cold.matrix("train"), cold, None).lam == EASE_LAMBDA_START  # cold valid items: no walk
+    big = ease_on_valid(x, split, None, search_max_items=split.num_items - 1)  # above the cap: no walk
+    assert big.lam == EASE_LAMBDA_START and big.valid == {}
 
 
 def test_select_alpha_picks_from_the_grid(tiny):
