@@ -28,7 +28,7 @@ import torch
 
 from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig
 from sora.data import DataError, Dataset
-from sora.itemsim import ease_score_fn, ease_weights
+from sora.itemsim import ease_score_fn
 from sora.metrics import evaluate_scores
 from sora.protocol import (
     DECAY_GRID,
@@ -105,10 +105,6 @@ def rebuild_split(rec: Recommender, dataset: Dataset) -> Split:
 def mostpop_scores(x_train: sp.csr_matrix) -> ScoreFn:
     pop = torch.from_numpy(np.asarray(x_train.sum(0)).ravel().astype(np.float32))
     return lambda users: pop.repeat(len(users), 1)
-
-
-def ease_scores(x_train: sp.csr_matrix, lam: float) -> ScoreFn:
-    return ease_score_fn(x_train, ease_weights(x_train, lam))
 
 
 def sasrec_baseline(split: Split, cfg: SoraConfig, sasrec_cfg=None) -> tuple[HistoryScoreFn, dict[str, Any]]:

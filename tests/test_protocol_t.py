@@ -9,12 +9,12 @@ from sora.config import SoraConfig, SplitConfig
 from sora.data import Dataset
 from sora.evaluate import (
     SEQUENCE_BASELINES,
-    ease_scores,
     evaluate_history,
     evaluate_split,
     model_scores,
     run_baselines,
 )
+from sora.itemsim import ease_score_fn, ease_weights
 from sora.protocol import history_of, recency_ease_scores, recency_matrix, sequences
 from sora.split import Split, global_temporal_cuts, global_temporal_labels, leave_last_out_labels, make_split
 
@@ -171,7 +171,8 @@ def test_default_mode_baselines_unchanged(tiny_dataset):
     split = make_split(tiny_dataset, SplitConfig())
     cfg = SoraConfig()
     out = run_baselines(split, cfg, ("mostpop", "ease"))
-    fn = ease_scores(split.matrix("train"), out["ease"]["lambda"])
+    x = split.matrix("train")
+    fn = ease_score_fn(x, ease_weights(x, out["ease"]["lambda"]))
     assert out["ease"]["ndcg@10"] == evaluate_split(fn, split, "test", cfg.eval.ks)["ndcg@10"]
     assert out["ease"]["valid_ndcg@10"] == evaluate_split(fn, split, "valid", (10,))["ndcg@10"]  # where λ was chosen
 
