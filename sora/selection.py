@@ -111,18 +111,17 @@ def ease_on_valid(x_train: sp.csr_matrix, split: Split, lam: float | None, decay
     above ``search_max_items`` items (``graph.ease_lambda_search_max_items``) λ is not searched either.
     """
     searchable = split.spec.mode != "cold-item" and len(split.valid) > 0
-    if lam is None and (not searchable or x_train.shape[1] > search_max_items):
+    if lam is None and searchable and x_train.shape[1] <= search_max_items:
+        return choose_ease_lambda(x_train, ease_valid_metric(x_train, split, decays, batch_size))
+    if lam is None:
         lam = EASE_LAMBDA_START
         why = (f"a {split.spec.mode} split" if not searchable else
                f"{x_train.shape[1]} items > graph.ease_lambda_search_max_items={search_max_items}")
         log.info("graph.ease_lambda %g (not searched: %s)", lam, why)
-    metric = ease_valid_metric(x_train, split, decays, batch_size) if searchable else None
-    if lam is None:
-        return choose_ease_lambda(x_train, metric)
     b = ease_weights(x_train, lam)
-    if metric is None or len(decays) == 1:
+    if not searchable or len(decays) == 1:
         return EaseChoice(float(lam), b, decays[0], {})
-    ndcg, decay = metric(b)
+    ndcg, decay = ease_valid_metric(x_train, split, decays, batch_size)(b)  # λ given: only the decay is chosen
     return EaseChoice(float(lam), b, decay, {float(lam): ndcg})
 
 

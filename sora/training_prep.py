@@ -186,14 +186,15 @@ def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None
     """
     n = x_train.shape[1]
     lam = cfg.ease_lambda
+    fixed = EASE_LAMBDA_START if lam is None else lam  # where λ is not chosen on valid
     if check_item_item_head(n, cfg) == "sparse":
-        lam = EASE_LAMBDA_START if lam is None else lam
+        lam = fixed
         k = cfg.ease_neighbours or auto_neighbours(n)
         log.info("item-item head: sparse neighbourhood EASE (%d items > graph.ease_max_items=%d, %d neighbours, "
                  "λ %g)", n, cfg.ease_max_items, k, lam)
         return ease_sparse(x_train, lam, k), lam
     if split is None:
-        lam = EASE_LAMBDA_START if lam is None else lam
+        lam = fixed
         b = ease_weights(x_train, lam)
     else:
         choice = ease_on_valid(x_train, split, lam, decays if lam is None else (1.0,), batch_size,
