@@ -109,7 +109,7 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: b
     s = runs["sora"]
     row("**sora**", [r["test"] for r in s], [r["valid"]["ndcg@10"] for r in s],
         "; ".join(f"temperature {r['temperature']:g}, epoch {r['epoch']}, head weight {r['alpha']:.3g}, "
-                  f"decay {r['decay']:g}, λ {r['lambda']:g}" for r in s),
+                  f"decay {r['decay']:g}" + (f", λ {r['lambda']:g}" if r["lambda"] is not None else "") for r in s),
         np.mean([r["fit_s"] for r in s]))
     row("sora without item–item head (same weights)", [r["nohead_test"] for r in s],
         [r["nohead_valid"]["ndcg@10"] for r in s], "", np.mean([r["fit_s"] for r in s]))
