@@ -184,6 +184,15 @@ class TrainConfig:
     #: Recency decays of the item–item head tried on valid (with its weight): a history item of age a
     #: (0 = the newest) weighs decay**a. (1.0,) keeps the head binary. Needs timestamps to mean anything.
     head_decays: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
+    #: Causal training with the item–item head inside the logits (``sora.head_training``): the network
+    #: learns the residual of recency-weighted EASE (λ and decay as chosen on valid before training), and
+    #: the head's weight is learned with it instead of chosen on valid afterwards. Targets read an
+    #: out-of-fold EASE (``head_folds`` folds of users, at least 2) so training never scores a target with
+    #: weights fitted on its own row. Off by default: on ML-100K's Protocol T valid it loses to the head
+    #: mixed in after training (benchmarks/RESULTS.md). Needs the dense head and the full softmax; set
+    #: training (random / cold-item splits) ignores it.
+    head_in_loss: bool = False
+    head_folds: int = 5
 
 
 @dataclass
@@ -572,6 +581,7 @@ _LIMITS: dict[str, str] = {
     **dict.fromkeys(["serve.num_threads", "serve.explain_items"], ">=1"),
     **dict.fromkeys(["text.batch_size", "text.max_seq_length", "graph.knn_batch_size", "model.dim",
                      "model.history_len", "model.transformer_heads", "train.max_epochs", "train.batch_size",
+                     "train.head_folds",
                      "train.patience", "train.eval_every", "eval.ks", "eval.batch_size", "serve.max_k",
                      "drift.rating_bins"], ">=1"),
     **dict.fromkeys(["graph.ease_lambda", "train.lr", "train.temperature", "registry.connect_timeout_s"], ">0"),
@@ -627,6 +637,9 @@ def _check_cross(cfg: SoraConfig) -> None:
         section, _, name = key.partition(".")
         if key.startswith("tune.") or not hasattr(getattr(cfg, section, None), name) or section == "split":
             raise ConfigError(f"tune.grid: {key!r} is not a key training can vary (any key outside split and tune)")
+    if cfg.train.head_folds < 2:
+        raise ConfigError(f"train.head_folds must be >= 2 (one fold would score each training target with EASE "
+                          f"weights fitted on its own row), got {cfg.train.head_folds}")
     if not cfg.train.head_decays:
         raise ConfigError("train.head_decays may not be empty (1.0 alone keeps the item–item head binary)")
     if cfg.validation.rating_min > cfg.validation.rating_max:

@@ -25,13 +25,14 @@ import torch
 
 from sora.config import GraphConfig, SoraConfig
 from sora.data import Dataset
+from sora.metrics import evaluate_scores
 from sora.protocol import sequences
 from sora.recommender import Recommender
 from sora.selection import ALPHA_GRID, select_alpha
 from sora.split import Split, make_split
 from sora.text import EmbeddingCache, ItemEmbeddings, TextEncoder, embed_items, load_encoder
 from sora.training_device import deterministic, device_info, peak_device_memory_gb, resolve_device
-from sora.training_loop import fit, run_epochs
+from sora.training_loop import fit, run_epochs, trained_head
 from sora.training_prep import (
     Prepared,
     graph_config,
@@ -169,14 +170,22 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     with deterministic(device):  # the same seed gives the same model on the CPU, run after run
         loop = run_epochs(model, prep, cfg, progress)
     rec = fit(model, prep, prep.ii)
+    if loop.head_weight is not None:
+        trained_head(rec, prep, loop.head_weight)
     rec.config = cfg  # a shared preparation was built with another trial's config
     if cfg.graph.ease_lambda is None and prep.ease_lambda is not None:  # the λ chosen on valid is saved
         rec.config = cfg.with_overrides([f"graph.ease_lambda={prep.ease_lambda}"])
     rec.meta.update({"best_epoch": loop.best.epoch, "epochs_run": len(loop.history), "history": loop.history,
                      "prepare": prep.stages})
-    valid = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, prep.x_train,
-                         split.cold_valid_items if split.spec.mode == "cold-item" else None,
-                         sequences(split, "train"))
+    if loop.head_weight is None:
+        valid = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, prep.x_train,
+                             split.cold_valid_items if split.spec.mode == "cold-item" else None,
+                             sequences(split, "train"))
+    else:  # train.head_in_loss: the head's weight and decay are the ones training learned with
+        valid = evaluate_scores(rec.score_users, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(),
+                                rec.num_items, cfg.eval.ks, exclude=prep.x_train, batch_size=cfg.eval.batch_size)
+        log.info("item-item weight %.4g, decay %g learned in training (valid ndcg@10 %.4f)", rec.alpha,
+                 rec.head_decay, valid["ndcg@10"])
     result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages,
                          prep if keep_prepared else None)
     info["peak_memory_gb"] = peak_device_memory_gb(device)

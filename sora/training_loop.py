@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 class LoopResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: BestEpoch | None = None
+    #: ``train.head_in_loss``: the learned weight of the item–item head at the best epoch (the Recommender's alpha)
+    head_weight: float | None = None
+
+
+def trained_head(rec: Recommender, prep: Prepared, alpha: float) -> Recommender:
+    """``rec`` scoring with the head as training saw it: weight ``alpha``, the preparation's decay and rows."""
+    rec.alpha = alpha
+    rec.head_decay, rec.head_weights = prep.head_decay, prep.head_weights
+    return rec
 
 
 def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool = True,
@@ -54,6 +63,11 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
     pu, pi = prep.pairs
     num_items = prep.split.num_items
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    head = prep.head_term  # train.head_in_loss: the head's weight is learned (log scale, no weight decay)
+    log_gain = None
+    if head is not None:
+        log_gain = torch.nn.Parameter(torch.tensor(float(np.log(head.init_gain)), device=device))
+        opt.add_param_group({"params": [log_gain], "weight_decay": 0.0})
     gen = torch.Generator().manual_seed(tc.seed)
     rank, world = distributed()
     split = prep.split
@@ -75,14 +89,15 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
         for s in range(0, len(order) - world + 1, batch):
             idx = order[s:s + batch][rank::world]  # data parallel: each rank its share of the batch
             if prep.windows is not None:
-                loss = window_loss(model, prep, *(t[idx].to(device) for t in prep.windows), tc, gen, negatives)
+                loss = window_loss(model, prep, *(t[idx].to(device) for t in prep.windows), tc, gen, negatives,
+                                   idx=idx.to(device), log_gain=log_gain)
             else:
                 loss = step_loss(model, prep, pu[idx].to(device), pi[idx].to(device), num_items, tc, gen,
-                                 negatives=negatives)
+                                 negatives=negatives, log_gain=log_gain)
             opt.zero_grad()
             loss.backward()
             if world > 1:
-                average_gradients(model, world)
+                average_gradients(model, world, log_gain)
             opt.step()
             total += float(loss)
             steps += 1
@@ -92,11 +107,14 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
                   "steps": steps}
         if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
             t1 = time.perf_counter()
-            rec = fit(model, prep, None)
-            metrics = evaluate_scores(partial(rec.score_users, alpha=0.0), vu, vi, num_items, (10, 20),
+            rec = (fit(model, prep, None) if log_gain is None else  # the logits' gain · head = alpha · head / T
+                   trained_head(fit(model, prep, prep.ii), prep, float(log_gain.exp()) * tc.temperature))
+            metrics = evaluate_scores(partial(rec.score_users, alpha=rec.alpha), vu, vi, num_items, (10, 20),
                                       exclude=prep.x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
             record.update({f"valid_{k}": v for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "recall@20")})
             record["eval_seconds"] = time.perf_counter() - t1
+            if log_gain is not None:
+                record["head_weight"] = rec.alpha
             best.update(epoch, metrics["ndcg@10"], model.state_dict())
             bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
         history.append(record)
@@ -107,7 +125,10 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
     bar.close()
     if best.state is not None:
         model.load_state_dict(best.state)
-    return LoopResult(history, best)
+    result = LoopResult(history, best)
+    if log_gain is not None:
+        result.head_weight = next((r["head_weight"] for r in history if r["epoch"] == best.epoch), None)
+    return result
 
 
 def distributed() -> tuple[int, int]:
@@ -119,7 +140,7 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def average_gradients(model: torch.nn.Module, world: int) -> None:
+def average_gradients(model: torch.nn.Module, world: int, extra: torch.Tensor | None = None) -> None:
     """All-reduce and average gradients, so every rank takes the same optimiser step.
 
     This is what DistributedDataParallel does after backward; Sora's forward is several calls around
@@ -128,7 +149,7 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
     """
     import torch.distributed as dist
 
-    for p in model.parameters():
+    for p in [*model.parameters(), *([] if extra is None else [extra])]:
         if not p.requires_grad:
             continue
         if p.grad is None:
@@ -139,7 +160,8 @@ def average_gradients(model: torch.nn.Module, world: int) -> None:
 
 def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
                 targets: torch.Tensor, tc: TrainConfig, gen: torch.Generator,
-                negatives: torch.Tensor | None = None) -> torch.Tensor:
+                negatives: torch.Tensor | None = None, idx: torch.Tensor | None = None,
+                log_gain: torch.Tensor | None = None) -> torch.Tensor:
     """Causal training (``train.causal``): the loss of every next-item target in B windows of L items.
 
     wu (B,) the windows' users; items, mask, targets (B, L) as :func:`~sora.training_prep.causal_windows`
@@ -152,26 +174,47 @@ def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch
     keep = targets >= 0
     uv = model.fusion.sequence(g_item[items], mask)[keep]  # (N, D): one per target
     users = wu[:, None].expand_as(targets)[keep]
-    return score_loss(model, prep, uv, item_vecs, users, targets[keep], len(item_vecs), tc, gen, negatives)
+    head = None
+    if log_gain is not None:  # train.head_in_loss: each target's prefix head (windows idx) joins the logits
+        with torch.no_grad():
+            head = prep.head_term.window_scores(idx, wu, items, mask)[keep]
+    return score_loss(model, prep, uv, item_vecs, users, targets[keep], len(item_vecs), tc, gen, negatives,
+                      head, log_gain)
 
 
 def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
-              tc: TrainConfig, gen: torch.Generator, negatives: torch.Tensor | None = None) -> torch.Tensor:
+              tc: TrainConfig, gen: torch.Generator, negatives: torch.Tensor | None = None,
+              log_gain: torch.Tensor | None = None) -> torch.Tensor:
     """Loss of one batch of (user, item) positives u (B,), i (B,).
 
-    ``negatives``: the full softmax's items, as in :func:`softmax_loss`.
+    ``negatives``: the full softmax's items, as in :func:`softmax_loss`. ``log_gain``
+    (``train.head_in_loss``): the head of each user's row without its target joins the logits.
     """
     g_user, g_item = model.propagate(prep.graph, prep.text)
     item_vecs = model.item_vectors(g_item, prep.text)
     uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
-    return score_loss(model, prep, uv, item_vecs, u, i, num_items, tc, gen, negatives)
+    head = None
+    if log_gain is not None:
+        with torch.no_grad():
+            head = prep.head_term.pair_scores(u, i)
+    return score_loss(model, prep, uv, item_vecs, u, i, num_items, tc, gen, negatives, head, log_gain)
 
 
 def score_loss(model: SoraModel, prep: Prepared, uv: torch.Tensor, item_vecs: torch.Tensor, u: torch.Tensor,
                i: torch.Tensor, num_items: int, tc: TrainConfig, gen: torch.Generator,
-               negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """``train.loss`` of user vectors uv (B, D) against their targets i (B,), plus the contrastive term."""
-    if tc.loss == "softmax":
+               negatives: torch.Tensor | None = None, head: torch.Tensor | None = None,
+               log_gain: torch.Tensor | None = None) -> torch.Tensor:
+    """``train.loss`` of user vectors uv (B, D) against their targets i (B,), plus the contrastive term.
+
+    ``head`` (B, I) with ``log_gain`` (``train.head_in_loss``, full softmax only): the logits are
+    ``uv · items / T + exp(log_gain) · head``.
+    """
+    if head is not None:
+        logits = (uv / tc.temperature) @ item_vecs.T + log_gain.exp() * head
+        if negatives is not None:
+            logits = logits.masked_fill(~negatives[None, :], -torch.inf)
+        loss = F.cross_entropy(logits, i)
+    elif tc.loss == "softmax":
         loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, negatives)
     elif tc.loss == "bpr":
         neg = torch.randint(0, num_items, (len(i),), generator=gen).to(i.device)

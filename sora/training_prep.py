@@ -81,6 +81,11 @@ class Prepared:
     windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     #: the item–item head's EASE λ (chosen on valid when ``graph.ease_lambda`` is null)
     ease_lambda: float | None = None
+    #: ``train.head_in_loss``: the head inside causal training's logits (:mod:`sora.head_training`)
+    head_term: Any = None
+    #: the head's history decay and the users' training rows weighted by it (None at decay 1)
+    head_decay: float = 1.0
+    head_weights: sp.csr_matrix | None = None
 
     @property
     def tensors(self) -> dict[str, torch.Tensor | None]:
@@ -176,8 +181,9 @@ def check_item_item_head(num_items: int, cfg: GraphConfig) -> str:
 
 
 def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None = None,
-                   decays: tuple[float, ...] = (1.0,), batch_size: int = 1024) -> tuple[sp.csr_matrix | np.ndarray, float]:
-    """(EASE coefficients on training data, their λ): dense (I, I) up to ``graph.ease_max_items`` items (top
+                   decays: tuple[float, ...] = (1.0,), batch_size: int = 1024
+                   ) -> tuple[sp.csr_matrix | np.ndarray, float, float]:
+    """(EASE coefficients on training data, their λ, the history decay chosen with them): dense (I, I) up to ``graph.ease_max_items`` items (top
     ``ease_k`` per item when ``ease_k > 0``), above it the sparse neighbourhood EASE. Never silently absent.
 
     ``graph.ease_lambda`` null: the dense head's λ is chosen on ``split``'s valid part with the best of
@@ -192,18 +198,19 @@ def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None
         k = cfg.ease_neighbours or auto_neighbours(n)
         log.info("item-item head: sparse neighbourhood EASE (%d items > graph.ease_max_items=%d, %d neighbours, "
                  "λ %g)", n, cfg.ease_max_items, k, lam)
-        return ease_sparse(x_train, lam, k), lam
+        return ease_sparse(x_train, lam, k), lam, 1.0
+    decay = 1.0
     if split is None:
         lam = fixed
         b = ease_weights(x_train, lam)
     else:
         choice = ease_on_valid(x_train, split, lam, decays if lam is None else (1.0,), batch_size,
                                cfg.ease_lambda_search_max_items)
-        b, lam = choice.weights, choice.lam
+        b, lam, decay = choice.weights, choice.lam, choice.decay
     if cfg.ease_k <= 0 or cfg.ease_k >= n - 1:
-        return b, lam
+        return b, lam, decay
     src, dst, w = topk_dense(b, cfg.ease_k)
-    return sp.csr_matrix((w, (src, dst)), shape=(n, n)), lam
+    return sp.csr_matrix((w, (src, dst)), shape=(n, n)), lam, decay
 
 
 def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
@@ -253,20 +260,35 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
         hist, hmask = recent_history(split.train, nu, mc.history_len)
         windows = (causal_windows(split.train, mc.history_len) if cfg.causal_training and mc.use_transformer
                    else None)
-    ii, ease_lambda = None, cfg.graph.ease_lambda
+    ii, ease_lambda, ease_decay = None, cfg.graph.ease_lambda, 1.0
+    head_term, head_weights = None, None
     if mc.use_item_item_score:
         with stage("item_item_head"):
-            ii, ease_lambda = item_item_head(x_train, cfg.graph, split, tuple(cfg.train.head_decays),
-                                             cfg.eval.batch_size)
+            ii, ease_lambda, ease_decay = item_item_head(x_train, cfg.graph, split, tuple(cfg.train.head_decays),
+                                                         cfg.eval.batch_size)
         if cfg.graph.ease_lambda is None:  # the saved config holds the λ chosen on valid
             cfg = copy.deepcopy(cfg)
             cfg.graph.ease_lambda = ease_lambda
+        if (cfg.train.head_in_loss and isinstance(ii, np.ndarray) and cfg.train.loss == "softmax"
+                and ni <= cfg.train.full_softmax_max_items and split.spec.mode != "cold-item"):
+            from sora.head_training import head_term as make_head_term
+            from sora.protocol import recency_matrix, sequences
+
+            with stage("head_in_loss"):
+                if ease_decay < 1.0:
+                    head_weights = recency_matrix(sequences(split, "train"), ni, ease_decay)
+                head_term = make_head_term(x_train, ease_lambda, ease_decay, windows, cfg.train.head_folds,
+                                           cfg.train.seed, device, head_weights)
+                if head_term is None:
+                    head_weights = None
     with stage("static"):
         static = static_parts(split, items, cfg, x_train, text, embeddings)
     prep = Prepared(split=split, device=device, x_train=x_train, warm=warm,
                     text=text.to(device) if text is not None else None, graph=graph, etypes=etypes,
                     hist=hist.to(device), hmask=hmask.to(device), log_q=log_q.to(device), pairs=pairs, ii=ii,
-                    static=static, stages=stage.records, windows=windows, ease_lambda=ease_lambda)
+                    static=static, stages=stage.records, windows=windows, ease_lambda=ease_lambda,
+                    head_term=head_term, head_decay=ease_decay if head_term is not None else 1.0,
+                    head_weights=head_weights)
     return prep
 
 

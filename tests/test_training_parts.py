@@ -69,7 +69,7 @@ def test_prepared_once_with_timed_stages(tiny):
 def test_sparse_head_above_ease_max_items(tiny):
     ds, cfg, split, emb = tiny
     small = SoraConfig().with_overrides([*FAST, "graph.ease_max_items=10", "graph.ease_neighbours=5"])
-    ii, lam = item_item_head(split.matrix("train"), small.graph)
+    ii, lam, _ = item_item_head(split.matrix("train"), small.graph)
     assert sp.issparse(ii) and ii.shape == (split.num_items,) * 2 and lam == EASE_LAMBDA_START  # not searched
     assert (np.diff(ii.tocsc().indptr) <= 5).all()  # at most n weights per target item (column)
     rec = train_model(split, emb, ds.items, small, progress=False).recommender
