@@ -3,9 +3,9 @@
 Without it, the head is mixed in after training: ``score = user · item + alpha · head`` with alpha
 chosen on valid. With it, the training logits are already ``user · item / T + gain · head`` for every
 target, so the network learns what (recency-weighted) EASE misses, and ``gain`` (one learned scalar)
-is the head's weight at inference (``alpha = gain · T``). Causal training reads the head of each
-target's prefix (below); set training (random / cold-item splits) the head of the user's training
-row without the target, ``x_u · B - x_ui · B[i]``, as the item–item head scores a held-out item.
+is the head's weight at inference (``alpha = gain · T``). Causal training only: set training (random
+split) with the head of each user's row without its target in the logits fell to valid NDCG@10 0.225
+on ML-100K (0.2488 mixed afterwards), so it was not kept.
 
 The leak, and how it is closed: EASE fitted on the whole training matrix has seen each training
 target in its own user's row, so its training-time scores are better than any it gives at inference,
@@ -49,19 +49,9 @@ class HeadTerm:
 
     folds: torch.Tensor  # (K·I, I) out-of-fold EASE weights: row f·I + h is item h's row fitted without fold f
     user_fold: torch.Tensor  # (U,) the fold of each user
-    #: causal: (N, I) the decayed head of each window's earlier items (0 for a user's first window);
-    #: set: (U, I) the head of each user's whole (weighted) training row
-    carry: torch.Tensor
+    carry: torch.Tensor  # (N, I) the decayed head of each window's earlier items (0 for a user's first window)
     decay: float
     init_gain: float  # the head's starting weight in the logits (its scores then spread like unit logits)
-    #: set training: (U, I) each user's training row as the head weighs it (decay ** age, or 1), dense
-    rows: torch.Tensor | None = None
-
-    def pair_scores(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """(B, I) set training: the head of user u's training row without its target i, for pairs u (B,), i (B,)."""
-        n_items = self.folds.shape[1]
-        own = self.rows[u, i][:, None] * self.folds[self.user_fold[u] * n_items + i]
-        return self.carry[u] - own
 
     def window_scores(self, idx: torch.Tensor, wu: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L, I) the head of every position of windows ``idx`` (B,): users wu (B,), items / mask (B, L)."""
@@ -76,9 +66,9 @@ class HeadTerm:
         return own + carried
 
 
-def head_term_bytes(num_items: int, num_rows: int, folds: int) -> int:
-    """float32 bytes of K out-of-fold (I, I) heads and ``num_rows`` (I,) rows (carries, or users' rows and heads)."""
-    return 4 * num_items * (folds * num_items + num_rows)
+def head_term_bytes(num_items: int, num_windows: int, folds: int) -> int:
+    """float32 bytes of K out-of-fold (I, I) heads and the windows' (I,) carries."""
+    return 4 * num_items * (folds * num_items + num_windows)
 
 
 def out_of_fold_ease(x_train: sp.csr_matrix, lam: float, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,42 +103,26 @@ def window_carries(windows: tuple[torch.Tensor, ...], folds: np.ndarray, user_fo
     return carry
 
 
-def head_term(x_train: sp.csr_matrix, lam: float, decay: float, windows: tuple[torch.Tensor, ...] | None,
-              folds: int, seed: int, device: torch.device, weighted: sp.csr_matrix | None = None) -> HeadTerm | None:
-    """The :class:`HeadTerm` of a training run, or None (logged) when it would not fit in memory.
-
-    ``windows``: causal training's (:func:`~sora.training_prep.causal_windows`); None for set training,
-    whose head reads each user's training row, ``weighted`` by recency (None: binary ``x_train``).
-    """
+def head_term(x_train: sp.csr_matrix, lam: float, decay: float, windows: tuple[torch.Tensor, ...],
+              folds: int, seed: int, device: torch.device) -> HeadTerm | None:
+    """The :class:`HeadTerm` of a causal training run (``windows`` from
+    :func:`~sora.training_prep.causal_windows`), or None (logged) when it would not fit in memory."""
     n_items = x_train.shape[1]
     if folds < 2:
         raise ValueError(f"train.head_folds must be >= 2 (one fold would score every target with weights fitted on "
                          f"its own row), got {folds}")
-    rows_needed = len(windows[0]) if windows is not None else 2 * x_train.shape[0]
-    need = head_term_bytes(n_items, rows_needed, folds)
+    need = head_term_bytes(n_items, len(windows[0]), folds)
     if need > MAX_BYTES:
-        log.info("train.head_in_loss: off for %d items and %d rows (%.1f GB of out-of-fold heads > %.1f GB); "
-                 "the head is mixed in after training", n_items, rows_needed, need / 1e9, MAX_BYTES / 1e9)
+        log.info("train.head_in_loss: off for %d items and %d windows (%.1f GB of out-of-fold heads > %.1f GB); "
+                 "the head is mixed in after training", n_items, len(windows[0]), need / 1e9, MAX_BYTES / 1e9)
         return None
     b, user_fold = out_of_fold_ease(x_train, lam, folds, seed)
     to = partial(_tensor, device=device)
-    if windows is not None:
-        term = HeadTerm(to(b.reshape(-1, n_items)), to(user_fold), to(window_carries(windows, b, user_fold, decay)),
-                        decay, 1.0)
-        sample = torch.arange(min(len(windows[0]), 256))
-        scores = term.window_scores(sample.to(device), *(t[sample].to(device) for t in windows[:3]))
-        scores = scores[windows[3][sample].to(device) >= 0]
-    else:
-        rows = (x_train if weighted is None else weighted).astype(np.float32)
-        carry = np.zeros((x_train.shape[0], n_items), dtype=np.float32)
-        for f in range(folds):
-            members = np.flatnonzero(user_fold == f)
-            carry[members] = rows[members] @ b[f]
-        term = HeadTerm(to(b.reshape(-1, n_items)), to(user_fold), to(carry), decay, 1.0, rows=to(rows.toarray()))
-        coo = x_train.tocoo()
-        pick = np.random.default_rng(seed).permutation(coo.nnz)[:256]
-        scores = term.pair_scores(to(coo.row[pick].astype(np.int64)), to(coo.col[pick].astype(np.int64)))
-    spread = float(scores.std())
+    term = HeadTerm(to(b.reshape(-1, n_items)), to(user_fold), to(window_carries(windows, b, user_fold, decay)),
+                    decay, 1.0)
+    sample = torch.arange(min(len(windows[0]), 256))
+    scores = term.window_scores(sample.to(device), *(t[sample].to(device) for t in windows[:3]))
+    spread = float(scores[windows[3][sample].to(device) >= 0].std())
     term.init_gain = INIT_SCALE / max(spread, 1e-6)
     log.info("train.head_in_loss: %d-fold out-of-fold EASE (λ %g, decay %g), starting weight %.3g", folds, lam, decay,
              term.init_gain)

@@ -93,7 +93,7 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
                                    idx=idx.to(device), log_gain=log_gain)
             else:
                 loss = step_loss(model, prep, pu[idx].to(device), pi[idx].to(device), num_items, tc, gen,
-                                 negatives=negatives, log_gain=log_gain)
+                                 negatives=negatives)
             opt.zero_grad()
             loss.backward()
             if world > 1:
@@ -183,21 +183,15 @@ def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch
 
 
 def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
-              tc: TrainConfig, gen: torch.Generator, negatives: torch.Tensor | None = None,
-              log_gain: torch.Tensor | None = None) -> torch.Tensor:
+              tc: TrainConfig, gen: torch.Generator, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """Loss of one batch of (user, item) positives u (B,), i (B,).
 
-    ``negatives``: the full softmax's items, as in :func:`softmax_loss`. ``log_gain``
-    (``train.head_in_loss``): the head of each user's row without its target joins the logits.
+    ``negatives``: the full softmax's items, as in :func:`softmax_loss`.
     """
     g_user, g_item = model.propagate(prep.graph, prep.text)
     item_vecs = model.item_vectors(g_item, prep.text)
     uv = batch_user_vectors(model, g_user, g_item, prep.hist, prep.hmask, u, i, gen)  # (B, D)
-    head = None
-    if log_gain is not None:
-        with torch.no_grad():
-            head = prep.head_term.pair_scores(u, i)
-    return score_loss(model, prep, uv, item_vecs, u, i, num_items, tc, gen, negatives, head, log_gain)
+    return score_loss(model, prep, uv, item_vecs, u, i, num_items, tc, gen, negatives)
 
 
 def score_loss(model: SoraModel, prep: Prepared, uv: torch.Tensor, item_vecs: torch.Tensor, u: torch.Tensor,

@@ -269,18 +269,16 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
         if cfg.graph.ease_lambda is None:  # the saved config holds the λ chosen on valid
             cfg = copy.deepcopy(cfg)
             cfg.graph.ease_lambda = ease_lambda
-        if (cfg.train.head_in_loss and isinstance(ii, np.ndarray) and cfg.train.loss == "softmax"
-                and ni <= cfg.train.full_softmax_max_items and split.spec.mode != "cold-item"):
+        if (cfg.train.head_in_loss and windows is not None and isinstance(ii, np.ndarray)
+                and cfg.train.loss == "softmax" and ni <= cfg.train.full_softmax_max_items):
             from sora.head_training import head_term as make_head_term
             from sora.protocol import recency_matrix, sequences
 
             with stage("head_in_loss"):
-                if ease_decay < 1.0:
-                    head_weights = recency_matrix(sequences(split, "train"), ni, ease_decay)
                 head_term = make_head_term(x_train, ease_lambda, ease_decay, windows, cfg.train.head_folds,
-                                           cfg.train.seed, device, head_weights)
-                if head_term is None:
-                    head_weights = None
+                                           cfg.train.seed, device)
+                if head_term is not None and ease_decay < 1.0:
+                    head_weights = recency_matrix(sequences(split, "train"), ni, ease_decay)
     with stage("static"):
         static = static_parts(split, items, cfg, x_train, text, embeddings)
     prep = Prepared(split=split, device=device, x_train=x_train, warm=warm,
