@@ -205,7 +205,8 @@ class Recommender:
     def score_users(self, users: np.ndarray, alpha: float | None = None) -> torch.Tensor:
         """(B,) user indices → (B, I) scores."""
         alpha = self.alpha if alpha is None else alpha
-        s = self.user_vectors[torch.as_tensor(users, dtype=torch.long)] @ self.item_vectors.T
+        idx = torch.tensor(users, dtype=torch.long)  # a copy: pandas hands out read-only arrays, as_tensor warns
+        s = self.user_vectors[idx] @ self.item_vectors.T
         if alpha:
             s = s + alpha * self._ii_scores(self._head_rows(users))
         return s
