@@ -183,7 +183,8 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
                              sequences(split, "train"))
     else:  # train.head_in_loss: the head's weight and decay are the ones training learned with
         valid = evaluate_scores(rec.score_users, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(),
-                                rec.num_items, cfg.eval.ks, exclude=prep.x_train, batch_size=cfg.eval.batch_size)
+                                rec.num_items, cfg.eval.ks, exclude=prep.x_train, batch_size=cfg.eval.batch_size,
+                                candidates=split.cold_valid_items if split.spec.mode == "cold-item" else None)
         log.info("item-item weight %.4g, decay %g learned in training (valid ndcg@10 %.4f)", rec.alpha,
                  rec.head_decay, valid["ndcg@10"])
     result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages,

@@ -181,14 +181,16 @@ def check_item_item_head(num_items: int, cfg: GraphConfig) -> str:
 
 
 def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None = None,
-                   decays: tuple[float, ...] = (1.0,), batch_size: int = 1024
+                   decays: tuple[float, ...] = (1.0,), batch_size: int = 1024, decay_for_fixed_lambda: bool = False
                    ) -> tuple[sp.csr_matrix | np.ndarray, float, float]:
-    """(EASE coefficients on training data, their λ, the history decay chosen with them): dense (I, I) up to ``graph.ease_max_items`` items (top
-    ``ease_k`` per item when ``ease_k > 0``), above it the sparse neighbourhood EASE. Never silently absent.
+    """(EASE coefficients on training data, their λ, the history decay chosen with them): dense (I, I) up
+    to ``graph.ease_max_items`` items (top ``ease_k`` per item when ``ease_k > 0``), above it the sparse
+    neighbourhood EASE. Never silently absent.
 
     ``graph.ease_lambda`` null: the dense head's λ is chosen on ``split``'s valid part with the best of
     the head's history ``decays`` (:func:`~sora.selection.ease_on_valid`); the sparse head, and a call
-    without a split, take 300.
+    without a split, take 300. A fixed λ chooses no decay (1.0: the head's weight and decay are chosen
+    after training) unless ``decay_for_fixed_lambda`` (the head trained in needs its decay before).
     """
     n = x_train.shape[1]
     lam = cfg.ease_lambda
@@ -204,8 +206,8 @@ def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None
         lam = fixed
         b = ease_weights(x_train, lam)
     else:
-        choice = ease_on_valid(x_train, split, lam, decays if lam is None else (1.0,), batch_size,
-                               cfg.ease_lambda_search_max_items)
+        choice = ease_on_valid(x_train, split, lam, decays if lam is None or decay_for_fixed_lambda else (1.0,),
+                               batch_size, cfg.ease_lambda_search_max_items)
         b, lam, decay = choice.weights, choice.lam, choice.decay
     if cfg.ease_k <= 0 or cfg.ease_k >= n - 1:
         return b, lam, decay
@@ -265,12 +267,14 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
     if mc.use_item_item_score:
         with stage("item_item_head"):
             ii, ease_lambda, ease_decay = item_item_head(x_train, cfg.graph, split, tuple(cfg.train.head_decays),
-                                                         cfg.eval.batch_size)
+                                                         cfg.eval.batch_size, cfg.train.head_in_loss)
         if cfg.graph.ease_lambda is None:  # the saved config holds the λ chosen on valid
             cfg = copy.deepcopy(cfg)
             cfg.graph.ease_lambda = ease_lambda
-        if (cfg.train.head_in_loss and windows is not None and isinstance(ii, np.ndarray)
-                and cfg.train.loss == "softmax" and ni <= cfg.train.full_softmax_max_items):
+        why_not = head_in_loss_unavailable(cfg, windows is not None, isinstance(ii, np.ndarray), ni)
+        if cfg.train.head_in_loss and why_not:
+            log.warning("train.head_in_loss: off, %s; the head is mixed in after training", why_not)
+        if cfg.train.head_in_loss and not why_not:
             from sora.head_training import head_term as make_head_term
             from sora.protocol import recency_matrix, sequences
 
@@ -288,6 +292,17 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
                     head_term=head_term, head_decay=ease_decay if head_term is not None else 1.0,
                     head_weights=head_weights)
     return prep
+
+
+def head_in_loss_unavailable(cfg: SoraConfig, causal: bool, dense_head: bool, num_items: int) -> str:
+    """Why ``train.head_in_loss`` cannot apply to this run ('' when it can)."""
+    if not causal:
+        return "it needs causal training with the Transformer (a next-item split.mode or train.causal=true)"
+    if not dense_head:
+        return "it needs the dense item–item head (graph.ease_max_items, graph.ease_k=0)"
+    if cfg.train.loss != "softmax" or num_items > cfg.train.full_softmax_max_items:
+        return "it needs the full softmax (train.loss=softmax, at most train.full_softmax_max_items items)"
+    return ""
 
 
 def static_parts(split: Split, items: pd.DataFrame, cfg: SoraConfig, x_train: sp.csr_matrix,

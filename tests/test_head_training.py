@@ -64,7 +64,8 @@ def test_head_folds_below_two_is_a_config_error():
         SoraConfig().with_overrides(["train.head_folds=1"])
 
 
-def test_causal_training_learns_the_head_weight_and_serves_it(tmp_path):
+@pytest.mark.parametrize("ease_lambda", ["null", "10"])  # chosen on valid, or fixed: the decay is chosen either way
+def test_causal_training_learns_the_head_weight_and_serves_it(tmp_path, ease_lambda):
     from sora.evaluate import model_scores
     from sora.protocol import history_of, recency_ease_scores
     from sora.recommender import Recommender
@@ -75,7 +76,8 @@ def test_causal_training_learns_the_head_weight_and_serves_it(tmp_path):
     ds = make_dataset(n_users=30, n_items=40, per_user=10)
     cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "train.max_epochs=3", "train.batch_size=64",
                                        "model.history_len=4", "split.mode=leave-last-out", "train.head_decays=[0.7]",
-                                       "train.head_in_loss=true", "train.warmup_epochs=1", "train.head_folds=3"])
+                                       "train.head_in_loss=true", "train.warmup_epochs=1", "train.head_folds=3",
+                                       f"graph.ease_lambda={ease_lambda}"])
     split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
     res = train_model(split, emb, ds.items, cfg, progress=False)
     rec = res.recommender
@@ -98,8 +100,8 @@ def test_causal_training_learns_the_head_weight_and_serves_it(tmp_path):
 
 
 
-def test_set_training_keeps_the_head_mixed_in_afterwards():
-    """train.head_in_loss is causal only: a random-split training still chooses the head's weight on valid."""
+def test_set_training_keeps_the_head_mixed_in_afterwards(caplog):
+    """train.head_in_loss is causal only: a random-split training says so and chooses the head's weight on valid."""
     from sora.text import HashEncoder
     from sora.train import prepare, train_model
     from tests.conftest import make_dataset
@@ -110,3 +112,4 @@ def test_set_training_keeps_the_head_mixed_in_afterwards():
     split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
     res = train_model(split, emb, ds.items, cfg, progress=False)
     assert "alpha_grid" in res.recommender.meta and all("head_weight" not in r for r in res.history)
+    assert "train.head_in_loss: off, it needs causal training" in caplog.text
