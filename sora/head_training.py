@@ -109,9 +109,6 @@ def head_term(x_train: sp.csr_matrix, lam: float, decay: float, windows: tuple[t
     """The :class:`HeadTerm` of a causal training run (``windows`` from
     :func:`~sora.training_prep.causal_windows`), or None (logged) when it would not fit in memory."""
     n_items = x_train.shape[1]
-    if folds < 2:
-        raise ValueError(f"train.head_folds must be >= 2 (one fold would score every target with weights fitted on "
-                         f"its own row), got {folds}")
     need = head_term_bytes(n_items, len(windows[0]), folds)
     if need > MAX_BYTES:
         log.info("train.head_in_loss: off for %d items and %d windows (%.1f GB of out-of-fold heads > %.1f GB); "

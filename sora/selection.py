@@ -13,6 +13,7 @@ import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -146,6 +147,14 @@ class BestEpoch:
         return epoch >= max(self.tc.min_epochs, self.tc.warmup_epochs) and epoch - self.epoch >= self.tc.patience
 
 
+def valid_metrics(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
+                  x_train: sp.csr_matrix, candidates: np.ndarray | None = None,
+                  alpha: float | None = None) -> dict[str, float]:
+    """``rec``'s valid metrics (``eval.ks``) with the item–item head at weight ``alpha`` (None: ``rec.alpha``)."""
+    return evaluate_scores(lambda b: rec.score_users(b, alpha=alpha), valid_users, valid_items, rec.num_items,
+                           cfg.eval.ks, exclude=x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
+
+
 def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
                  x_train: sp.csr_matrix, candidates: np.ndarray | None = None,
                  train_sequences: list[np.ndarray] | None = None) -> dict[str, float]:
@@ -156,10 +165,7 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
     wins (the first of equals: decay 1 and smaller weights first). Returns the valid metrics there.
     """
     vu, vi = valid_users, valid_items
-
-    def run(alpha: float) -> dict[str, float]:
-        return evaluate_scores(lambda b: rec.score_users(b, alpha=alpha), vu, vi, rec.num_items, cfg.eval.ks,
-                               exclude=x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
+    run = partial(valid_metrics, rec, vu, vi, cfg, x_train, candidates)
 
     if rec.ii is None or len(vu) == 0:
         return run(0.0)

@@ -25,10 +25,9 @@ import torch
 
 from sora.config import GraphConfig, SoraConfig
 from sora.data import Dataset
-from sora.metrics import evaluate_scores
 from sora.protocol import sequences
 from sora.recommender import Recommender
-from sora.selection import ALPHA_GRID, select_alpha
+from sora.selection import ALPHA_GRID, select_alpha, valid_metrics
 from sora.split import Split, make_split
 from sora.text import EmbeddingCache, ItemEmbeddings, TextEncoder, embed_items, load_encoder
 from sora.training_device import deterministic, device_info, peak_device_memory_gb, resolve_device
@@ -177,14 +176,12 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
         rec.config = cfg.with_overrides([f"graph.ease_lambda={prep.ease_lambda}"])
     rec.meta.update({"best_epoch": loop.best.epoch, "epochs_run": len(loop.history), "history": loop.history,
                      "prepare": prep.stages})
+    vu, vi = split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
+    candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
     if loop.head_weight is None:
-        valid = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, prep.x_train,
-                             split.cold_valid_items if split.spec.mode == "cold-item" else None,
-                             sequences(split, "train"))
+        valid = select_alpha(rec, vu, vi, cfg, prep.x_train, candidates, sequences(split, "train"))
     else:  # train.head_in_loss: the head's weight and decay are the ones training learned with
-        valid = evaluate_scores(rec.score_users, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(),
-                                rec.num_items, cfg.eval.ks, exclude=prep.x_train, batch_size=cfg.eval.batch_size,
-                                candidates=split.cold_valid_items if split.spec.mode == "cold-item" else None)
+        valid = valid_metrics(rec, vu, vi, cfg, prep.x_train, candidates)
         log.info("item-item weight %.4g, decay %g learned in training (valid ndcg@10 %.4f)", rec.alpha,
                  rec.head_decay, valid["ndcg@10"])
     result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages,

@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 class LoopResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: BestEpoch | None = None
-    #: ``train.head_in_loss``: the learned weight of the item–item head at the best epoch (the Recommender's alpha)
-    head_weight: float | None = None
+
+    @property
+    def head_weight(self) -> float | None:
+        """``train.head_in_loss``: the learned weight of the item–item head at the best epoch (the Recommender's alpha)."""
+        best = self.best.epoch if self.best is not None else None
+        return next((r["head_weight"] for r in self.history if r["epoch"] == best and "head_weight" in r), None)
 
 
 def trained_head(rec: Recommender, prep: Prepared, alpha: float) -> Recommender:
@@ -125,10 +129,7 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
     bar.close()
     if best.state is not None:
         model.load_state_dict(best.state)
-    result = LoopResult(history, best)
-    if log_gain is not None:
-        result.head_weight = next((r["head_weight"] for r in history if r["epoch"] == best.epoch), None)
-    return result
+    return LoopResult(history, best)
 
 
 def distributed() -> tuple[int, int]:
@@ -174,12 +175,12 @@ def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch
     keep = targets >= 0
     uv = model.fusion.sequence(g_item[items], mask)[keep]  # (N, D): one per target
     users = wu[:, None].expand_as(targets)[keep]
-    head = None
+    bias = None
     if log_gain is not None:  # train.head_in_loss: each target's prefix head (windows idx) joins the logits
         with torch.no_grad():
             head = prep.head_term.window_scores(idx, wu, items, mask)[keep]
-    return score_loss(model, prep, uv, item_vecs, users, targets[keep], len(item_vecs), tc, gen, negatives,
-                      head, log_gain)
+        bias = log_gain.exp() * head
+    return score_loss(model, prep, uv, item_vecs, users, targets[keep], len(item_vecs), tc, gen, negatives, bias)
 
 
 def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor, num_items: int,
@@ -196,20 +197,13 @@ def step_loss(model: SoraModel, prep: Prepared, u: torch.Tensor, i: torch.Tensor
 
 def score_loss(model: SoraModel, prep: Prepared, uv: torch.Tensor, item_vecs: torch.Tensor, u: torch.Tensor,
                i: torch.Tensor, num_items: int, tc: TrainConfig, gen: torch.Generator,
-               negatives: torch.Tensor | None = None, head: torch.Tensor | None = None,
-               log_gain: torch.Tensor | None = None) -> torch.Tensor:
+               negatives: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``train.loss`` of user vectors uv (B, D) against their targets i (B,), plus the contrastive term.
 
-    ``head`` (B, I) with ``log_gain`` (``train.head_in_loss``, full softmax only): the logits are
-    ``uv · items / T + exp(log_gain) · head``.
+    ``bias`` (B, I): added to the full softmax's logits (``train.head_in_loss``: the weighted head).
     """
-    if head is not None:
-        logits = (uv / tc.temperature) @ item_vecs.T + log_gain.exp() * head
-        if negatives is not None:
-            logits = logits.masked_fill(~negatives[None, :], -torch.inf)
-        loss = F.cross_entropy(logits, i)
-    elif tc.loss == "softmax":
-        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, negatives)
+    if tc.loss == "softmax":
+        loss = softmax_loss(uv, item_vecs, i, prep.log_q, tc, negatives, bias)
     elif tc.loss == "bpr":
         neg = torch.randint(0, num_items, (len(i),), generator=gen).to(i.device)
         loss = -F.logsigmoid((uv * item_vecs[i]).sum(1) - (uv * item_vecs[neg]).sum(1)).mean()
@@ -221,7 +215,8 @@ def score_loss(model: SoraModel, prep: Prepared, uv: torch.Tensor, item_vecs: to
 
 
 def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log_q: torch.Tensor,
-                 tc: TrainConfig, negatives: torch.Tensor | None = None) -> torch.Tensor:
+                 tc: TrainConfig, negatives: torch.Tensor | None = None, bias: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """Softmax cross-entropy of uv (B, D) against its targets i (B,) among item_vecs (I, D).
 
     Full catalogue (B, I) logits up to ``train.full_softmax_max_items``, over the ``negatives`` (I,)
@@ -229,14 +224,19 @@ def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log
     with is not a negative, or training would push every cold item's text down, which the cold-item
     protocol ranks by. Above the size, in-batch negatives (warm by construction) (B, B) with the logQ correction for their popularity-biased sampling, a target's duplicates in the
     batch masked. The temperature scales the (B, D) side and logQ rides along as one more column, so
-    the (B, ·) logits are made by a single matmul.
+    the (B, ·) logits are made by a single matmul. ``bias`` (B, I) is added to the full softmax's
+    logits; the sampled one has no place for it.
     """
     scaled = uv / tc.temperature
     if len(item_vecs) <= tc.full_softmax_max_items:
         logits = scaled @ item_vecs.T
+        if bias is not None:
+            logits = logits + bias
         if negatives is not None:
             logits = logits.masked_fill(~negatives[None, :], -torch.inf)
         return F.cross_entropy(logits, i)
+    if bias is not None:
+        raise ValueError("a logits bias needs the full softmax (train.full_softmax_max_items)")
     ones = torch.ones(len(uv), 1, dtype=uv.dtype, device=uv.device)
     logits = torch.cat([scaled, ones], 1) @ torch.cat([item_vecs[i], -log_q[i][:, None]], 1).T  # (B, B)
     dup = (i[:, None] == i[None, :]).fill_diagonal_(False)

@@ -271,18 +271,19 @@ def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.
         if cfg.graph.ease_lambda is None:  # the saved config holds the λ chosen on valid
             cfg = copy.deepcopy(cfg)
             cfg.graph.ease_lambda = ease_lambda
-        why_not = head_in_loss_unavailable(cfg, windows is not None, isinstance(ii, np.ndarray), ni)
-        if cfg.train.head_in_loss and why_not:
-            log.warning("train.head_in_loss: off, %s; the head is mixed in after training", why_not)
-        if cfg.train.head_in_loss and not why_not:
-            from sora.head_training import head_term as make_head_term
-            from sora.protocol import recency_matrix, sequences
+        if cfg.train.head_in_loss:
+            why_not = head_in_loss_unavailable(cfg, windows is not None, isinstance(ii, np.ndarray), ni)
+            if why_not:
+                log.warning("train.head_in_loss: off, %s; the head is mixed in after training", why_not)
+            else:
+                from sora.head_training import head_term as make_head_term
+                from sora.protocol import recency_matrix, sequences
 
-            with stage("head_in_loss"):
-                head_term = make_head_term(x_train, ease_lambda, ease_decay, windows, cfg.train.head_folds,
-                                           cfg.train.seed, device)
-                if head_term is not None and ease_decay < 1.0:
-                    head_weights = recency_matrix(sequences(split, "train"), ni, ease_decay)
+                with stage("head_in_loss"):
+                    head_term = make_head_term(x_train, ease_lambda, ease_decay, windows, cfg.train.head_folds,
+                                               cfg.train.seed, device)
+                    if head_term is not None and ease_decay < 1.0:
+                        head_weights = recency_matrix(sequences(split, "train"), ni, ease_decay)
     with stage("static"):
         static = static_parts(split, items, cfg, x_train, text, embeddings)
     prep = Prepared(split=split, device=device, x_train=x_train, warm=warm,
