@@ -84,7 +84,9 @@ def run(rec, n_users: int, seed: int = 0) -> dict:
         s = score_without(rec, history, set(), exclude)
         top = torch.topk(s, 11)
         targets, gap = top.indices[:10].tolist(), float(top.values[0] - top.values[10])
-        items, weights = attributions(rec, list(reversed(history)), exclude, targets, None)
+        head = rec.head_history(None, history)
+        trans = rec.transition_history(None, history) if rec.beta and rec.transitions is not None else None
+        items, weights = attributions(rec, list(reversed(history)), head[0], targets, None, head[1], trans)
         for col, j in enumerate(targets):
             n_items += 1
             for c in CHOICES:

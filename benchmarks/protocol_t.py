@@ -8,7 +8,8 @@ For every dataset directory (default MovieLens-100K): one split; Sora as a user 
 once per seed; MostPop, EASE and recency-weighted EASE (deterministic) once. Reports mean ± std over
 the seeds, a paired bootstrap over test users of Sora against the best baseline (each user's NDCG@10
 averaged over the seeds first), and, on every seed, the ablations: no Transformer, no text, no
-graph propagation, no item–item head (same weights), and the head trained into the logits
+graph propagation, full Sora's weights without the item–item head, without the transition head and without
+both (the network alone), and the head trained into the logits
 (``train.head_in_loss``), at the temperature Sora chose; ``--ablations NAME ...`` runs a subset. Writes the
 "Protocol T" section of RESULTS.md.
 Nothing is chosen on test: epochs, the head's weight and decay, recency-EASE's decay all read valid.
@@ -47,6 +48,9 @@ ABLATIONS = {
     "item–item head trained in": ["train.head_in_loss=true"],
 }
 DETERMINISTIC = ("mostpop", "ease", "recency_ease")
+#: full Sora's own weights scored without a head (``train_sora``'s result keys)
+SAME_WEIGHTS = {"nohead_": "without item–item head", "notrans_": "without transition head",
+                "net_": "network alone, no heads"}
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 5000, seed: int = 0) -> dict[str, float]:
@@ -60,19 +64,25 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 5000, seed: int = 0)
 
 
 def train_sora(split, emb, items, cfg: SoraConfig) -> dict:
-    """Train on ``split`` and score valid and test; per-user test NDCG@10 with and without the head."""
+    """Train on ``split`` and score valid and test; per-user test NDCG@10 with and without the heads."""
     with peak_rss() as mem:
         res = train_model(split, emb, items, cfg, progress=True)
     rec = res.recommender
     out = {"fit_s": res.seconds, "peak_mb": mem["peak_mb"], "epoch": f"{res.best_epoch}/{len(res.history)}",
-           "alpha": rec.alpha, "decay": rec.head_decay, "temperature": rec.config.train.temperature,
+           "alpha": rec.alpha, "decay": rec.head_decay, "beta": rec.beta, "tdecay": rec.transition_decay, "temperature": rec.config.train.temperature,
            "lambda": rec.config.graph.ease_lambda}
-    for label, alpha in (("", None), ("nohead_", 0.0)):
+    beta = rec.beta
+    # the same weights without a head: the item–item head, the transition head, or both (the network alone)
+    for label, alpha, rec.beta in (("", None, beta), ("nohead_", 0.0, beta), ("notrans_", None, 0.0),
+                                   ("net_", 0.0, 0.0)):  # rec.beta: the transition head's weight in this pass
+        if label == "notrans_" and not beta:
+            continue
         per_user: dict[str, np.ndarray] = {}
         out[label + "valid"] = evaluate_split(model_scores(rec, split, "valid", alpha), split, "valid", (10,))
         out[label + "test"] = evaluate_split(model_scores(rec, split, "test", alpha), split, "test", (10, 20),
                                              per_user=per_user)
         out[label + "per_user"] = per_user["ndcg@10"]
+    rec.beta = beta
     return out
 
 
@@ -112,10 +122,13 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: l
     s = runs["sora"]
     row("**sora**", [r["test"] for r in s], [r["valid"]["ndcg@10"] for r in s],
         "; ".join(f"temperature {r['temperature']:g}, epoch {r['epoch']}, head weight {r['alpha']:.3g}, "
-                  f"decay {r['decay']:g}" + (f", λ {r['lambda']:g}" if r["lambda"] is not None else "") for r in s),
+                  f"decay {r['decay']:g}" + (f", λ {r['lambda']:g}" if r["lambda"] is not None else "")
+                  + (f", transitions {r['beta']:.3g} at decay {r['tdecay']:g}" if r["beta"] else "") for r in s),
         np.mean([r["fit_s"] for r in s]))
-    row("sora without item–item head (same weights)", [r["nohead_test"] for r in s],
-        [r["nohead_valid"]["ndcg@10"] for r in s], "", np.mean([r["fit_s"] for r in s]))
+    for key, name in SAME_WEIGHTS.items():
+        if all(key + "test" in r for r in s):
+            row(f"sora {name} (same weights)", [r[key + "test"] for r in s], [r[key + "valid"]["ndcg@10"] for r in s],
+                "", np.mean([r["fit_s"] for r in s]))
     for name in DETERMINISTIC:
         m = det[name]
         chosen = ", ".join(f"{k} {m[key]:g}" for k, key in (("decay", "decay"), ("λ", "lambda")) if key in m)
@@ -148,10 +161,11 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: l
 
         fulls = [r["test"]["ndcg@10"] for r in s]
         abl = [["**sora**", mean_std(fulls), mean_std([r["valid"]["ndcg@10"] for r in s]), "",
-                f"{np.mean([r['fit_s'] for r in s]):.0f}"],
-               ["no item–item head (same weights)", mean_std([r["nohead_test"]["ndcg@10"] for r in s]),
-                mean_std([r["nohead_valid"]["ndcg@10"] for r in s]),
-                ratio([r["nohead_test"]["ndcg@10"] for r in s], fulls), f"{np.mean([r['fit_s'] for r in s]):.0f}"]]
+                f"{np.mean([r['fit_s'] for r in s]):.0f}"]]
+        abl += [[f"{name} (same weights)", mean_std([r[key + "test"]["ndcg@10"] for r in s]),
+                 mean_std([r[key + "valid"]["ndcg@10"] for r in s]),
+                 ratio([r[key + "test"]["ndcg@10"] for r in s], fulls), f"{np.mean([r['fit_s'] for r in s]):.0f}"]
+                for key, name in SAME_WEIGHTS.items() if all(key + "test" in r for r in s)]
         for name in ablations:
             overrides = ABLATIONS[name]
             got = []

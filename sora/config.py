@@ -193,6 +193,11 @@ class TrainConfig:
     #: training (random / cold-item splits) ignores it.
     head_in_loss: bool = False
     head_folds: int = 5
+    #: The transition head (``sora.transitions``: which items followed the user's newest ones in the
+    #: training sequences), added to the score with a weight and history decay chosen on valid after
+    #: training, the item–item head's weight re-scaled with it (0 when valid prefers none). null = on
+    #: exactly with causal training (next-item protocols, where order is what is asked); true / false force it.
+    transition_head: bool | None = None
 
 
 @dataclass

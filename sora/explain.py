@@ -70,21 +70,39 @@ def head_contributions(rec: Recommender, history: np.ndarray, targets: list[int]
     return rec.alpha * block.astype(np.float32)
 
 
+def transition_contributions(rec: Recommender, history: np.ndarray, targets: list[int],
+                             history_weights: np.ndarray) -> np.ndarray:
+    """(H, K) ``beta × w_h × T[h, j]``: each history item's exact share of the transition head's score."""
+    if not rec.beta or rec.transitions is None or not len(history) or not targets:
+        return np.zeros((len(history), len(targets)), dtype=np.float32)
+    block = rec.transitions[history][:, targets].toarray() * np.asarray(history_weights, np.float32)[:, None]
+    return (rec.beta * block).astype(np.float32)
+
+
 def attributions(rec: Recommender, newest_first: list[int], history: np.ndarray, targets: list[int],
-                 user_token: torch.Tensor | None,
-                 history_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 user_token: torch.Tensor | None, history_weights: np.ndarray | None = None,
+                 transitions: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(history items (H,), weights (H, K)) for the recommended ``targets``.
 
     ``newest_first``: the sequence the Transformer reads from (newest first); ``history``: the
     distinct items the item–item head reads (for a known user, training items plus recent events) and
-    ``history_weights`` their weights in the head (None = 1 each; see ``Recommender.head_history``).
+    ``history_weights`` their weights in the head (None = 1 each; see ``Recommender.head_history``);
+    ``transitions``: the transition head's (items, weights) when the model has one
+    (``Recommender.transition_history``).
     """
     window, net = network_leave_one_out(rec, newest_first, targets, user_token)
     history = np.asarray(history, dtype=np.int64)
-    items = np.unique(np.r_[history, np.asarray(window, dtype=np.int64)])
+    parts = [history, np.asarray(window, dtype=np.int64)]
+    if transitions is not None:
+        parts.append(np.asarray(transitions[0], dtype=np.int64))
+    items = np.unique(np.concatenate(parts))
     head_w = np.zeros(len(items), np.float32)  # a window item outside the head's history: no head share
     head_w[np.searchsorted(items, history)] = 1.0 if history_weights is None else history_weights
     weights = head_contributions(rec, items, targets, head_w)
+    if transitions is not None:
+        trans_w = np.zeros(len(items), np.float32)
+        trans_w[np.searchsorted(items, np.asarray(transitions[0], dtype=np.int64))] = transitions[1]
+        weights += transition_contributions(rec, items, targets, trans_w)
     if len(window):
         rows = np.searchsorted(items, np.asarray(window, dtype=np.int64))
         weights[rows] += net.numpy()

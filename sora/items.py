@@ -176,7 +176,10 @@ def add_items(rec: Recommender, new_items: pd.DataFrame, encoder: TextEncoder,
         train=_pad_csr(rec.train, rec.num_users, ni), seen=_pad_csr(rec.seen, rec.num_users, ni), ii=ii,
         alpha=rec.alpha, meta=meta, user_tokens=rec.user_tokens, item_text=torch.cat([text_old, text_new]),
         head_decay=rec.head_decay,
-        head_weights=_pad_csr(rec.head_weights, rec.num_users, ni) if rec.head_weights is not None else None)
+        head_weights=_pad_csr(rec.head_weights, rec.num_users, ni) if rec.head_weights is not None else None,
+        transitions=_pad_csr(rec.transitions, ni, ni) if rec.transitions is not None else None, beta=rec.beta,
+        transition_decay=rec.transition_decay,
+        transition_rows=_pad_csr(rec.transition_rows, rec.num_users, ni) if rec.transitions is not None else None)
     report = {"added": n_new, "items_before": n_old, "items_after": ni, "knn_k": int(k),
               "seconds": round(time.perf_counter() - start, 3),
               "neighbours": {iid: [rec.item_ids[j] for j in row] for iid, row in
@@ -210,4 +213,7 @@ def remove_items(rec: Recommender, item_ids: list[str]) -> Recommender:
         history_mask=mask, train=rec.train[:, keep].tocsr(), seen=rec.seen[:, keep].tocsr(), ii=ii, alpha=rec.alpha,
         meta=copy.deepcopy(rec.meta), user_tokens=rec.user_tokens,
         item_text=rec.item_text[keep_t] if rec.item_text is not None else None, head_decay=rec.head_decay,
-        head_weights=rec.head_weights[:, keep].tocsr() if rec.head_weights is not None else None)
+        head_weights=rec.head_weights[:, keep].tocsr() if rec.head_weights is not None else None,
+        transitions=rec.transitions[keep][:, keep].tocsr() if rec.transitions is not None else None, beta=rec.beta,
+        transition_decay=rec.transition_decay,
+        transition_rows=rec.transition_rows[:, keep].tocsr() if rec.transitions is not None else None)

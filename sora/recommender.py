@@ -22,7 +22,10 @@ directory, the file and the tensors, never a bare traceback from inside safetens
 model whole. Scores are ``user · item`` plus ``alpha`` times the item–item head (the user's training
 items propagated over EASE-weighted item↔item edges). The head weighs each history item by
 ``head_decay ** age`` (age 0 = the newest; ``head_decay`` chosen on valid, 1 = every item alike); with a
-decay below 1 the weighted training rows are saved as ``head.*`` tensors.
+decay below 1 the weighted training rows are saved as ``head.*`` tensors. Models of next-item protocols
+may add ``beta`` times the transition head (:mod:`sora.transitions`: which items followed the user's newest
+ones), saved as ``trans.*`` (the (I, I) matrix) and ``trans_rows.*`` (the users' histories weighted by
+``transition_decay ** age``) tensors.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class ModelLoadError(ValueError):
 
 MODEL_FILES = ("config.json", "meta.json", "model.safetensors", "items.parquet")
 #: meta.json keys written by :meth:`Recommender.save` itself (not part of ``Recommender.meta``)
-_OWN_META = ("user_ids", "item_ids", "alpha", "head_decay", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
+_OWN_META = ("user_ids", "item_ids", "alpha", "head_decay", "beta", "transition_decay", "has_transitions", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[str, torch.Tensor]:
@@ -106,6 +109,12 @@ class Recommender:
     head_decay: float = 1.0
     #: (U, I) each user's training history weighted that way (None when ``head_decay`` is 1: ``train``)
     head_weights: sp.csr_matrix | None = None
+    #: (I, I) the transition head (:mod:`sora.transitions`), its weight and history decay, and (U, I) the
+    #: users' training histories weighted by ``transition_decay ** age``; None / 0 when the model has none
+    transitions: sp.csr_matrix | None = None
+    beta: float = 0.0
+    transition_decay: float = 1.0
+    transition_rows: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         self.user_index = {u: k for k, u in enumerate(self.user_ids)}
@@ -114,6 +123,8 @@ class Recommender:
                        if "title" in self.items else {})
         if not 0 < self.head_decay <= 1 or (self.head_decay != 1.0) != (self.head_weights is not None):
             raise ValueError(f"head_decay {self.head_decay} needs head_weights exactly when it is below 1")
+        if (self.transitions is None) != (self.transition_rows is None):
+            raise ValueError("a transition head needs both its matrix and the users' weighted rows")
         self.model.eval()
         pop = np.asarray(self.seen.sum(0)).ravel()
         self.popularity = torch.from_numpy(pop.astype(np.float32))
@@ -154,15 +165,22 @@ class Recommender:
         With ``head_decay`` d < 1 the n recent items weigh d**(n-1) … d**0 and the training items' weights
         age by d**n; an item seen twice keeps its newer (larger) weight.
         """
-        known = np.zeros(0, np.int64) if u is None else self._row(self.train, u).astype(np.int64)
-        rec = np.asarray(recent, dtype=np.int64)
         if self.head_decay == 1.0:
-            return np.union1d(known, rec), None
+            known = np.zeros(0, np.int64) if u is None else self._row(self.train, u).astype(np.int64)
+            return np.union1d(known, np.asarray(recent, dtype=np.int64)), None
+        return self._weighted_history(u, recent, self.head_decay, self.head_weights)
+
+    def transition_history(self, u: int | None, recent: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The transition head's input, as :meth:`head_history` with ``transition_decay``."""
+        return self._weighted_history(u, recent, self.transition_decay, self.transition_rows)
+
+    def _weighted_history(self, u: int | None, recent: list[int], decay: float,
+                          rows: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        rec = np.asarray(recent, dtype=np.int64)
         n = len(rec)
-        w_known = (np.zeros(0, np.float32) if u is None else
-                   self.head_weights.data[self.head_weights.indptr[u]:self.head_weights.indptr[u + 1]] * self.head_decay ** n)
-        items = np.r_[self._row(self.head_weights, u).astype(np.int64) if u is not None else known, rec]
-        weights = np.r_[w_known, self.head_decay ** np.arange(n - 1, -1, -1, dtype=np.float64)].astype(np.float32)
+        w_known = np.zeros(0, np.float32) if u is None else rows.data[rows.indptr[u]:rows.indptr[u + 1]] * decay ** n
+        items = np.r_[self._row(rows, u).astype(np.int64) if u is not None else np.zeros(0, np.int64), rec]
+        weights = np.r_[w_known, decay ** np.arange(n - 1, -1, -1, dtype=np.float64)].astype(np.float32)
         order = np.lexsort((-weights, items))
         first = np.r_[True, items[order][1:] != items[order][:-1]] if len(items) else np.zeros(0, bool)
         return items[order][first], weights[order][first]
@@ -175,6 +193,24 @@ class Recommender:
         data = np.ones(len(items), np.float32) if weights is None else np.asarray(weights, np.float32)
         x = sp.csr_matrix((data, (np.zeros(len(items)), items)), shape=(1, self.num_items))
         return self._ii_scores(x)[0]
+
+    def _transition_scores(self, x: sp.csr_matrix) -> torch.Tensor:
+        """(B, I) the transition head for weighted history rows x (B, I)."""
+        return torch.from_numpy(np.asarray((x @ self.transitions).todense(), dtype=np.float32))
+
+    def _heads(self, u: int | None, recent: list[int], alpha: float | None = None) -> torch.Tensor | None:
+        """(I,) ``alpha`` × the item–item head plus ``beta`` × the transition head for user ``u`` (None:
+        anonymous) with ``recent`` items; None when neither applies."""
+        alpha = self.alpha if alpha is None else alpha
+        out = None
+        if alpha and self.ii is not None:
+            out = alpha * self._ii_history(*self.head_history(u, recent))
+        if self.beta and self.transitions is not None:
+            items, w = self.transition_history(u, recent)
+            x = sp.csr_matrix((w, (np.zeros(len(items)), items)), shape=(1, self.num_items))
+            t = self.beta * self._transition_scores(x)[0]
+            out = t if out is None else out + t
+        return out
 
     def prepare_serving(self, max_scores: int = 20_000_000) -> Recommender:
         """Precompute what does not change between requests (the service calls this once per load).
@@ -209,6 +245,8 @@ class Recommender:
         s = self.user_vectors[idx] @ self.item_vectors.T
         if alpha:
             s = s + alpha * self._ii_scores(self._head_rows(users))
+        if self.beta and self.transitions is not None:
+            s = s + self.beta * self._transition_scores(self.transition_rows[users])
         return s
 
     @torch.no_grad()
@@ -242,12 +280,9 @@ class Recommender:
             if self._scores is not None and (alpha is None or alpha == self.alpha):
                 return self._scores[u]
             return self.score_users(np.array([u]), alpha)[0]
-        alpha = self.alpha if alpha is None else alpha
         s = self.user_vectors_with(u, recent) @ self.item_vectors.T
-        if alpha and self.ii is not None:
-            # a recent repeat of a training item counts once, like the training matrix
-            s = s + alpha * self._ii_history(*self.head_history(u, recent))
-        return s
+        heads = self._heads(u, recent, alpha)  # a recent repeat of a training item counts once, like training
+        return s if heads is None else s + heads
 
     @torch.no_grad()
     def top_k_users(self, users: np.ndarray, k: int, exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,9 +315,8 @@ class Recommender:
     def score_history(self, items: list[int]) -> torch.Tensor:
         """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
         s = self.item_vectors @ self.history_vector(items)
-        if self.alpha and self.ii is not None:
-            s = s + self.alpha * self._ii_history(*self.head_history(None, items))
-        return s
+        heads = self._heads(None, items)
+        return s if heads is None else s + heads
 
     # ------------------------------------------------------------------ id-level API
 
@@ -319,40 +353,42 @@ class Recommender:
         recent = self._recent(recent_item_ids)
         exclude = np.r_[self._row(self.seen, u), np.asarray(recent, dtype=np.int64)] if exclude_seen else None
         if self.ann is not None:
-            out = self._ann_results(self.user_vectors_with(u, recent), self.head_history(u, recent), k, exclude)
+            out = self._ann_results(self.user_vectors_with(u, recent), self._heads(u, recent), k, exclude)
         else:
             with torch.no_grad():
                 out = self._results(self.score_user_recent(u, recent), k, exclude)
         if explain:
             newest_first = list(reversed(recent)) + self.history[u][self.history_mask[u]].tolist()
             token = None if self.user_tokens is None else self.user_tokens[u]
-            self._explain(out, newest_first, self.head_history(u, recent), token)
+            self._explain(out, newest_first, u, recent, token)
         return out
 
-    def _explain(self, results: list[dict[str, Any]], newest_first: list[int],
-                 head: tuple[np.ndarray, np.ndarray | None], user_token: torch.Tensor | None) -> None:
+    def _explain(self, results: list[dict[str, Any]], newest_first: list[int], u: int | None, recent: list[int],
+                 user_token: torch.Tensor | None) -> None:
         """Add ``because`` to each result (in place): its ``serve.explain_items`` heaviest history items.
 
-        ``head``: the item–item head's input, as :meth:`head_history` returns it.
+        ``u`` (None: anonymous) and ``recent``: whose history the heads read, as in :meth:`head_history`.
         """
         from sora.explain import attributions, because
 
         targets = [self.item_index[r["item_id"]] for r in results]
-        items, weights = attributions(self, newest_first, head[0], targets, user_token, head[1])
+        head = self.head_history(u, recent)
+        trans = self.transition_history(u, recent) if self.beta and self.transitions is not None else None
+        items, weights = attributions(self, newest_first, head[0], targets, user_token, head[1], trans)
         for r, b in zip(results, because(self, items, weights, self.config.serve.explain_items), strict=True):
             r["because"] = b
 
     @torch.no_grad()
-    def _ann_results(self, user: torch.Tensor, head: tuple[np.ndarray, np.ndarray | None], k: int,
+    def _ann_results(self, user: torch.Tensor, heads: torch.Tensor | None, k: int,
                      exclude: np.ndarray | None) -> list[dict[str, Any]]:
-        """Top-k through the approximate index: its candidates plus the item–item head's, scored exactly."""
+        """Top-k through the approximate index: its candidates plus those the heads reach (``heads``: their
+        (I,) weighted scores, :meth:`_heads`), scored exactly."""
         serve = self.config.serve
         n_ex = 0 if exclude is None else len(exclude)
         _, idx = self.ann.search(user.numpy(), k + n_ex + serve.ann_candidates)
         cand = [idx[0][idx[0] >= 0]]
-        reach = None
-        if self.alpha and self.ii is not None and len(head[0]):
-            reach = self._ii_history(*head).numpy()  # (I,): the head's scores
+        reach = None if heads is None else heads.numpy()
+        if reach is not None:
             cand.append(np.flatnonzero(reach).astype(np.int64))
         cand = np.unique(np.concatenate(cand))
         if exclude is not None and n_ex:
@@ -362,7 +398,7 @@ class Recommender:
         c = torch.from_numpy(cand)
         s = self.item_vectors[c] @ user
         if reach is not None:
-            s = s + self.alpha * torch.from_numpy(reach[cand])
+            s = s + torch.from_numpy(reach[cand])
         top = torch.topk(s, min(k, len(cand)))
         return [{"item_id": self.item_ids[i], "title": self.titles.get(self.item_ids[i], ""), "score": float(v)}
                 for v, i in zip(top.values.tolist(), c[top.indices].tolist(), strict=True)]
@@ -393,12 +429,12 @@ class Recommender:
         if not known:
             raise UnknownIdError(f"none of the history's item ids is known: {ignored[:5]}")
         if self.ann is not None:
-            out = self._ann_results(self.history_vector(known), self.head_history(None, known), k, np.array(known))
+            out = self._ann_results(self.history_vector(known), self._heads(None, known), k, np.array(known))
         else:
             with torch.no_grad():
                 out = self._results(self.score_history(known), k, np.array(known))
         if explain:
-            self._explain(out, list(reversed(known)), self.head_history(None, known), None)
+            self._explain(out, list(reversed(known)), None, known, None)
         return out, ignored
 
     def similar_items(self, item_id: str, k: int = 10) -> list[dict[str, Any]]:
@@ -441,6 +477,9 @@ class Recommender:
             })
             if self.head_weights is not None:
                 tensors.update(_csr_tensors("head", self.head_weights, values=True))
+            if self.transitions is not None:
+                tensors.update({**_csr_tensors("trans", self.transitions, values=True),
+                                **_csr_tensors("trans_rows", self.transition_rows, values=True)})
             for name in ("user_tokens", "item_text"):
                 if getattr(self, name) is not None:
                     tensors[name] = getattr(self, name).detach().cpu().float().contiguous()
@@ -451,7 +490,8 @@ class Recommender:
             save_file(tensors, str(tmp / "model.safetensors"))
             self.config.save(tmp / "config.json")
             meta = {**self.meta, "user_ids": self.user_ids, "item_ids": self.item_ids, "alpha": self.alpha,
-                    "head_decay": self.head_decay,
+                    "head_decay": self.head_decay, "beta": self.beta, "transition_decay": self.transition_decay,
+                    "has_transitions": self.transitions is not None,
                     "has_ii": self.ii is not None, "has_user_tokens": self.user_tokens is not None,
                     "has_item_text": self.item_text is not None, "has_ann": self.ann is not None}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -526,6 +566,8 @@ class Recommender:
                 ii = _csr_from(t, "ii", (ni, ni))
             train, seen = _csr_from(t, "train", (nu, ni)), _csr_from(t, "seen", (nu, ni))
             head = _csr_from(t, "head", (nu, ni)) if "head.indptr" in t else None
+            trans = _csr_from(t, "trans", (ni, ni)) if meta.get("has_transitions") else None
+            trans_rows = _csr_from(t, "trans_rows", (nu, ni)) if meta.get("has_transitions") else None
         except (KeyError, ValueError, IndexError) as exc:
             raise ModelLoadError(f"{path}: interaction or item–item tensors are inconsistent ({exc})") from exc
         ann = None
@@ -553,7 +595,9 @@ class Recommender:
                    history=t["history"], history_mask=t["history_mask"].bool(),
                    train=train, seen=seen, ii=ii, alpha=float(meta["alpha"]), meta=fields,
                    user_tokens=t.get("user_tokens"), item_text=t.get("item_text"), ann=ann,
-                   head_decay=float(meta.get("head_decay", 1.0)), head_weights=head)
+                   head_decay=float(meta.get("head_decay", 1.0)), head_weights=head, transitions=trans,
+                   beta=float(meta.get("beta", 0.0)), transition_decay=float(meta.get("transition_decay", 1.0)),
+                   transition_rows=trans_rows)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -598,6 +642,9 @@ def _check_tensors(path: Path, t: dict[str, torch.Tensor], model: SoraModel, con
         expected["ii.dense"] = (ni, ni)
     elif meta.get("has_ii"):
         expected.update({"ii.indptr": (ni + 1,), "ii.indices": None, "ii.values": None})
+    if meta.get("has_transitions"):
+        expected.update({"trans.indptr": (ni + 1,), "trans.indices": None, "trans.values": None,
+                         "trans_rows.indptr": (nu + 1,), "trans_rows.indices": None, "trans_rows.values": None})
     present = {k for k in t if not k.startswith("model.graph_encoder.")}
     missing, unexpected = set(expected) - present, present - set(expected)
     if missing or unexpected:

@@ -4,7 +4,7 @@
 own valid NDCG@10; :class:`BestEpoch` keeps the weights of the epoch with the best valid NDCG@10
 (after a warm-up) and says when patience has run out; :func:`select_alpha` picks the weight of the
 item–item head and its history recency decay on valid NDCG@10, after putting the head and the dot
-product on one scale.
+product on one scale; :func:`select_transitions` then adds the transition head where valid prefers it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from sora.split import Split
 log = logging.getLogger(__name__)
 
 ALPHA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+#: the transition head's weight (× the ratio of the dot product's spread to its own) and the factors of
+#: the item–item head's weight tried with it
+BETA_GRID = (0.05, 0.1, 0.2, 0.35, 0.5)
+ALPHA_SCALES = (0.5, 0.75, 1.0)
 #: Where the λ walk starts, and λ wherever it is not searched (cold-item splits, the sparse head).
 EASE_LAMBDA_START = 300.0
 
@@ -187,4 +191,46 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
     rec.meta["alpha_grid"] = {f"{a:.4g}": m["ndcg@10"] for m, a, d, _ in scored if d == decay or not a}
     rec.meta["head_decay_grid"] = {f"{d:g}": max(m["ndcg@10"] for m, _, dd, _ in scored if dd == d) for d in decays}
     log.info("item-item weight %.4g, decay %g selected on valid (ndcg@10 %.4f)", alpha, decay, metrics["ndcg@10"])
+    return metrics
+
+
+def select_transitions(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
+                       x_train: sp.csr_matrix, train_sequences: list[np.ndarray], base: dict[str, float],
+                       candidates: np.ndarray | None = None) -> dict[str, float]:
+    """Add the transition head (:mod:`sora.transitions`) to ``rec`` if valid NDCG@10 prefers it.
+
+    ``base``: the valid metrics without it (:func:`select_alpha`'s). Every decay of
+    :data:`~sora.transitions.DECAYS` is tried with every weight of :data:`BETA_GRID` (on the scale of the
+    dot product) and every factor of :data:`ALPHA_SCALES` on the item–item head's weight; the best of
+    them replaces ``base`` only when it is strictly better. Returns the valid metrics of what is kept.
+    """
+    from sora.transitions import DECAYS, transition_matrix
+
+    if not len(valid_users):
+        return base
+    run = partial(valid_metrics, rec, valid_users, valid_items, cfg, x_train, candidates)
+    n_sample = int(np.clip(25_000_000 // max(rec.num_items, 1), 16, 512))
+    sample = np.unique(valid_users)[:n_sample]
+    dot = rec.score_users(sample, alpha=0.0)
+    alpha = rec.alpha
+    rec.transitions = transition_matrix(train_sequences, rec.num_items)
+    best: tuple[dict[str, float], float, float, float, sp.csr_matrix | None] = (base, 0.0, 1.0, alpha, None)
+    tried = {}
+    for decay in DECAYS:
+        rows = recency_matrix(train_sequences, rec.num_items, decay)
+        rec.transition_rows, rec.transition_decay, rec.beta = rows, decay, 0.0
+        scale = float(dot.std() / rec._transition_scores(rows[sample]).std().clamp(min=1e-12))
+        for b in BETA_GRID:
+            for m in ALPHA_SCALES:
+                rec.beta, rec.alpha = b * scale, alpha * m
+                metrics = run()
+                tried[f"decay {decay:g}, beta {b:g}, alpha x{m:g}"] = metrics["ndcg@10"]
+                if metrics["ndcg@10"] > best[0]["ndcg@10"]:
+                    best = (metrics, b * scale, decay, alpha * m, rows)
+    metrics, rec.beta, rec.transition_decay, rec.alpha, rec.transition_rows = best
+    if not rec.beta:
+        rec.transitions, rec.transition_rows, rec.transition_decay = None, None, 1.0
+    rec.meta["transition_grid"] = {"without": base["ndcg@10"], **tried}
+    log.info("transition head: weight %.4g, decay %g, item-item weight %.4g selected on valid (ndcg@10 %.4f; "
+             "%.4f without)", rec.beta, rec.transition_decay, rec.alpha, metrics["ndcg@10"], base["ndcg@10"])
     return metrics

@@ -210,7 +210,7 @@ def test_causal_training_gives_a_history_only_model(tmp_path, mode):
     valid_item = int(split.valid["i"].iloc[0])
     u = int(split.valid["u"].iloc[0])
     hist = rec.history[u][rec.history_mask[u]].tolist()[::-1]  # oldest first
-    rec.alpha = 0.0  # compare the Transformer paths alone
+    rec.alpha = rec.beta = 0.0  # compare the Transformer paths alone (no item–item or transition head)
     # a known user with a recent event is exactly an anonymous history (no user token to shift)
     torch.testing.assert_close(rec.score_user_recent(u, [valid_item]), rec.score_history([*hist, valid_item]))
     assert torch.isfinite(model_scores(rec, split, "test")(np.array([u]))).all()
@@ -220,7 +220,7 @@ def test_causal_training_gives_a_history_only_model(tmp_path, mode):
     rec.save(tmp_path / "m")
     back = Recommender.load(tmp_path / "m")
     assert back.model.fusion.causal
-    back.alpha = 0.0
+    back.alpha = back.beta = 0.0
     torch.testing.assert_close(back.score_history([*hist, valid_item]), rec.score_history([*hist, valid_item]))
     back.prepare_serving()
     torch.testing.assert_close(back.score_history([*hist, valid_item]), rec.score_history([*hist, valid_item]),
