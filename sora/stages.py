@@ -234,7 +234,8 @@ def train_summary(result) -> dict[str, Any]:
     rec = result.recommender
     return {"best_epoch": result.best_epoch, "epochs": len(result.history), "seconds": round(result.seconds, 2),
             "temperature": rec.config.train.temperature, "head_weight": round(float(rec.alpha), 4),
-            "head_decay": rec.head_decay,
+            "head_decay": rec.head_decay, "transition_weight": round(float(rec.beta), 4),
+            "transition_decay": rec.transition_decay,
             **{f"valid_{k}": v for k, v in result.valid.items()},
             **{f"tuning: {' '.join(t['overrides'])}": round(t["valid_ndcg@10"], 4) for t in rec.meta.get("tuning", [])}}
 

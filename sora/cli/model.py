@@ -61,7 +61,8 @@ def cmd_train(args) -> int:
     trials = "; ".join(f"{' '.join(t['overrides'])}: {t['valid_ndcg@10']:.4f}" for t in rec.meta.get("tuning", []))
     print(f"chosen on valid: temperature {rec.config.train.temperature:g}"
           + (f" (valid ndcg@10 by trial: {trials})" if trials else "")
-          + f", item–item head weight {rec.alpha:.3g}, recency decay {rec.head_decay:g}")
+          + f", item–item head weight {rec.alpha:.3g}, recency decay {rec.head_decay:g}"
+          + (f", transition head weight {rec.beta:.3g}, decay {rec.transition_decay:g}" if rec.beta else ""))
     print(f"model: {args.out}")
     return EXIT_OK
 
