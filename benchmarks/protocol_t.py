@@ -69,12 +69,17 @@ def train_sora(split, emb, items, cfg: SoraConfig) -> dict:
         res = train_model(split, emb, items, cfg, progress=True)
     rec = res.recommender
     out = {"fit_s": res.seconds, "peak_mb": mem["peak_mb"], "epoch": f"{res.best_epoch}/{len(res.history)}",
-           "alpha": rec.alpha, "decay": rec.head_decay, "beta": rec.beta, "tdecay": rec.transition_decay, "temperature": rec.config.train.temperature,
-           "lambda": rec.config.graph.ease_lambda}
+           "alpha": rec.alpha, "decay": rec.head_decay, "beta": rec.beta, "tdecay": rec.transition_decay,
+           "temperature": rec.config.train.temperature, "lambda": rec.config.graph.ease_lambda}
     beta = rec.beta
-    # the same weights without a head: the item–item head, the transition head, or both (the network alone)
-    for label, alpha, rec.beta in (("", None, beta), ("nohead_", 0.0, beta), ("notrans_", None, 0.0),
-                                   ("net_", 0.0, 0.0)):  # rec.beta: the transition head's weight in this pass
+    # the same weights without a head: the item–item head, the transition head, or both (the network alone);
+    # (label, item–item weight: None = as chosen, transition weight)
+    for label, alpha, pass_beta in (("", None, beta), ("nohead_", 0.0, beta), ("notrans_", None, 0.0),
+                                    ("net_", 0.0, 0.0)):
+        if label == "notrans_" and not beta:  # valid kept no transition head: the same scores as full Sora
+            out.update({label + key: out[key] for key in ("valid", "test", "per_user")})
+            continue
+        rec.beta = pass_beta
         per_user: dict[str, np.ndarray] = {}
         out[label + "valid"] = evaluate_split(model_scores(rec, split, "valid", alpha), split, "valid", (10,))
         out[label + "test"] = evaluate_split(model_scores(rec, split, "test", alpha), split, "test", (10, 20),

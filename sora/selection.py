@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from sora.config import SoraConfig, TrainConfig
 from sora.itemsim import ease_score_fn, ease_weights
@@ -159,6 +160,17 @@ def valid_metrics(rec: Recommender, valid_users: np.ndarray, valid_items: np.nda
                            cfg.eval.ks, exclude=x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
 
 
+def _dot_on_sample(rec: Recommender, valid_users: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """(valid users sampled, their (sample, I) scores without a head): the spread a head's weight is scaled to.
+
+    The sample is capped so its dense scores stay under ~100 MB on huge catalogues. Called before a head
+    is weighted in (``rec.beta`` 0), so the scores are the dot product alone.
+    """
+    n_sample = int(np.clip(25_000_000 // max(rec.num_items, 1), 16, 512))
+    sample = np.unique(valid_users)[:n_sample]
+    return sample, rec.score_users(sample, alpha=0.0)
+
+
 def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
                  x_train: sp.csr_matrix, candidates: np.ndarray | None = None,
                  train_sequences: list[np.ndarray] | None = None) -> dict[str, float]:
@@ -175,10 +187,7 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
         return run(0.0)
     decays = tuple(cfg.train.head_decays) if train_sequences is not None else (1.0,)
     # Put both terms on one scale first: alpha multiplies the ratio of their spreads on valid users.
-    # The sample is capped so its (sample, I) dense scores stay under ~100 MB on huge catalogues.
-    n_sample = int(np.clip(25_000_000 // max(rec.num_items, 1), 16, 512))
-    sample = np.unique(vu)[:n_sample]
-    dot = rec.score_users(sample, alpha=0.0)
+    sample, dot = _dot_on_sample(rec, vu)
     scored: list[tuple[dict[str, float], float, float, sp.csr_matrix | None]] = []
     for decay in decays:
         weights = None if decay == 1.0 else recency_matrix(train_sequences, rec.num_items, decay)
@@ -209,9 +218,7 @@ def select_transitions(rec: Recommender, valid_users: np.ndarray, valid_items: n
     if not len(valid_users):
         return base
     run = partial(valid_metrics, rec, valid_users, valid_items, cfg, x_train, candidates)
-    n_sample = int(np.clip(25_000_000 // max(rec.num_items, 1), 16, 512))
-    sample = np.unique(valid_users)[:n_sample]
-    dot = rec.score_users(sample, alpha=0.0)
+    sample, dot = _dot_on_sample(rec, valid_users)
     alpha = rec.alpha
     rec.transitions = transition_matrix(train_sequences, rec.num_items)
     best: tuple[dict[str, float], float, float, float, sp.csr_matrix | None] = (base, 0.0, 1.0, alpha, None)
