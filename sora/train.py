@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,9 @@ from sora.training_device import deterministic, device_info, peak_device_memory_
 from sora.training_loop import fit, run_epochs, trained_head
 from sora.training_prep import (
     Prepared,
+    dense_head_at,
     graph_config,
+    head_lambdas,
     item_item_head,
     peak_rss_mb,
     prepare_training,
@@ -180,7 +183,11 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
     if loop.head_weight is None:
         train_sequences = sequences(split, "train")
-        valid = select_alpha(rec, vu, vi, cfg, prep.x_train, candidates, train_sequences)
+        lambdas = head_lambdas(split, cfg, prep.ease_lambda)
+        valid = select_alpha(rec, vu, vi, cfg, prep.x_train, candidates, train_sequences,
+                             partial(dense_head_at, prep.x_train, cfg=cfg.graph), lambdas)
+        if lambdas:  # the saved config holds the head's λ
+            rec.config = rec.config.with_overrides([f"graph.ease_lambda={rec.meta['head_lambda']}"])
         if tc.transition_head if tc.transition_head is not None else cfg.causal_training:
             valid = select_transitions(rec, vu, vi, cfg, prep.x_train, train_sequences, valid, candidates)
     else:  # train.head_in_loss: the head's weight and decay are the ones training learned with

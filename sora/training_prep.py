@@ -209,10 +209,39 @@ def item_item_head(x_train: sp.csr_matrix, cfg: GraphConfig, split: Split | None
         choice = ease_on_valid(x_train, split, lam, decays if lam is None or decay_for_fixed_lambda else (1.0,),
                                batch_size, cfg.ease_lambda_search_max_items)
         b, lam, decay = choice.weights, choice.lam, choice.decay
+    return _pruned(b, cfg), lam, decay
+
+
+def _pruned(b: np.ndarray, cfg: GraphConfig) -> sp.csr_matrix | np.ndarray:
+    """Dense EASE weights as the head keeps them: whole, or the top ``graph.ease_k`` per item."""
+    n = b.shape[0]
     if cfg.ease_k <= 0 or cfg.ease_k >= n - 1:
-        return b, lam, decay
+        return b
     src, dst, w = topk_dense(b, cfg.ease_k)
-    return sp.csr_matrix((w, (src, dst)), shape=(n, n)), lam, decay
+    return sp.csr_matrix((w, (src, dst)), shape=(n, n))
+
+
+def dense_head_at(x_train: sp.csr_matrix, lam: float, cfg: GraphConfig) -> sp.csr_matrix | np.ndarray:
+    """The dense item–item head at EASE λ ``lam`` (what :func:`item_item_head` builds at a fixed λ)."""
+    return _pruned(ease_weights(x_train, lam), cfg)
+
+
+#: the factors on the λ EASE alone chose that the head's weight selection also tries (see head_lambdas)
+HEAD_LAMBDA_FACTORS = (0.5, 2.0)
+
+
+def head_lambdas(split: Split, cfg: SoraConfig, chosen: float | None) -> tuple[float, ...]:
+    """The EASE λs :func:`~sora.selection.select_alpha` tries for the head, ``chosen`` first.
+
+    Where λ was chosen on valid for the dense head (``graph.ease_lambda`` null), the network's dot product
+    sits beside the head and may prefer a neighbouring λ: the walk's next steps either side
+    (:data:`HEAD_LAMBDA_FACTORS`) are tried too. Otherwise only ``chosen`` (nothing is searched).
+    """
+    n = split.num_items
+    searched = (cfg.graph.ease_lambda is None and chosen is not None and split.spec.mode != "cold-item"
+                and len(split.valid) > 0 and n <= cfg.graph.ease_lambda_search_max_items
+                and check_item_item_head(n, cfg.graph) == "dense")
+    return (chosen, *(chosen * f for f in HEAD_LAMBDA_FACTORS)) if searched else ()
 
 
 def prepare_training(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,

@@ -22,7 +22,7 @@ from sora.split import make_split
 from sora.text import HashEncoder
 from sora.train import build_model, prepare, recent_history, resolve_device, train_model, tuning_trials
 from sora.training_loop import fit, run_epochs, softmax_loss
-from sora.training_prep import check_item_item_head, item_item_head, prepare_training
+from sora.training_prep import check_item_item_head, dense_head_at, item_item_head, prepare_training
 from tests.conftest import make_dataset
 
 FAST = ["text.model=hash:16", "model.dim=8", "train.max_epochs=2", "train.batch_size=64", "graph.item_knn_k=3",
@@ -199,6 +199,33 @@ def test_select_alpha_picks_from_the_grid(tiny):
     rec.ii = None
     metrics = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, split.matrix("train"))
     assert "ndcg@10" in metrics
+
+
+def test_select_alpha_chooses_the_heads_lambda_beside_the_network(tiny):
+    ds, cfg, split, emb = tiny
+    result = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]"]), progress=False)
+    rec, x = result.recommender, split.matrix("train")
+    grid = {float(k): v for k, v in rec.meta["head_lambda_grid"].items()}
+    lam = rec.meta["head_lambda"]
+    assert len(grid) == 3 and lam in grid and rec.config.graph.ease_lambda == lam
+    assert result.valid["ndcg@10"] == pytest.approx(max(grid.values()))
+    np.testing.assert_allclose(rec.ii, dense_head_at(x, lam, cfg.graph), rtol=1e-6, atol=1e-9)
+
+    vu, vi = split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
+    x_valid = sp.csr_matrix((np.ones(len(vu)), (vu, vi)), shape=x.shape)
+    oracle = (x.T @ x_valid).toarray()  # each user's own valid items score highest: better than any EASE
+    zeros = np.zeros_like(oracle)
+    first = rec.ii
+    plain = select_alpha(rec, vu, vi, cfg, x, train_sequences=None)
+    heads = {1.0: zeros, 2.0: oracle}
+    best = select_alpha(rec, vu, vi, cfg, x, None, None, heads.get, (lam, 1.0, 2.0))
+    assert rec.meta["head_lambda"] == 2.0 and rec.ii is oracle and best["ndcg@10"] > plain["ndcg@10"]
+    rec.ii = first
+    kept = select_alpha(rec, vu, vi, cfg, x, None, None, {1.0: zeros, 2.0: zeros}.get, (lam, 1.0, 2.0))
+    assert rec.meta["head_lambda"] == lam and rec.ii is first and kept == plain
+    fixed = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]", "graph.ease_lambda=50"]),
+                        progress=False).recommender
+    assert "head_lambda_grid" not in fixed.meta and fixed.config.graph.ease_lambda == 50  # a given λ is kept
 
 
 def test_tuning_trains_each_grid_value_and_keeps_the_best_on_valid(tiny):
