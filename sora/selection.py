@@ -173,18 +173,12 @@ def _dot_on_sample(rec: Recommender, valid_users: np.ndarray) -> tuple[np.ndarra
 
 def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
                  x_train: sp.csr_matrix, candidates: np.ndarray | None = None,
-                 train_sequences: list[np.ndarray] | None = None,
-                 head_at: Callable[[float], Any] | None = None, lambdas: tuple[float, ...] = ()) -> dict[str, float]:
+                 train_sequences: list[np.ndarray] | None = None) -> dict[str, float]:
     """Choose the item–item head's weight (``rec.alpha``) and recency decay (``rec.head_decay``) on valid.
 
     Every decay of ``train.head_decays`` (only 1.0 without ``train_sequences``, each user's training
     items oldest first) is tried with every weight of the grid; the pair with the best valid NDCG@10
     wins (the first of equals: decay 1 and smaller weights first). Returns the valid metrics there.
-
-    ``lambdas`` (the first is ``rec.ii``'s EASE λ) with ``head_at`` (λ → the head's weights): the head's
-    λ is chosen with them, since the λ that is best for EASE alone need not be the best beside the
-    network. Each further λ's head is built when it is tried and kept only if it wins; the chosen λ is
-    ``rec.meta["head_lambda"]`` and the best valid NDCG@10 per λ ``rec.meta["head_lambda_grid"]``.
     """
     vu, vi = valid_users, valid_items
     run = partial(valid_metrics, rec, vu, vi, cfg, x_train, candidates)
@@ -192,37 +186,71 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
     if rec.ii is None or len(vu) == 0:
         return run(0.0)
     decays = tuple(cfg.train.head_decays) if train_sequences is not None else (1.0,)
-    weights = {d: None if d == 1.0 else recency_matrix(train_sequences, rec.num_items, d) for d in decays}
     # Put both terms on one scale first: alpha multiplies the ratio of their spreads on valid users.
     sample, dot = _dot_on_sample(rec, vu)
-    options = (lambdas or (None,)) if head_at is not None else (None,)
-    best: tuple[float, Any] = (-np.inf, rec.ii)  # (valid NDCG@10, the head reaching it)
-    scored: list[tuple[dict[str, float], float, float, float | None]] = []
-    by_lambda: dict[float, float] = {}
-    for n, lam in enumerate(options):
-        rec.ii = rec.ii if n == 0 else head_at(lam)
-        for decay in decays:
-            rec.head_decay, rec.head_weights = decay, weights[decay]
-            ii = rec._ii_scores(rec._head_rows(sample))
-            scale = float(dot.std() / ii.std().clamp(min=1e-12))
-            scored += [(run(a * scale), a * scale, decay, lam) for a in ALPHA_GRID
-                       if a or (decay == decays[0] and n == 0)]
-        top = max(m["ndcg@10"] for m, _, _, lm in scored if lm == lam)
-        if lam is not None:
-            by_lambda[lam] = top
-        if top > best[0]:
-            best = (top, rec.ii)
-    metrics, alpha, decay, lam = max(scored, key=lambda t: t[0]["ndcg@10"])
-    rec.alpha, rec.head_decay, rec.head_weights = alpha, decay, weights[decay]
-    rec.ii = best[1]  # the winner's head: a λ only wins strictly, so ties (and weight 0) keep the first
-    rec.meta["alpha_grid"] = {f"{a:.4g}": m["ndcg@10"] for m, a, d, lm in scored
-                              if (d == decay and lm == lam) or not a}
+    scored: list[tuple[dict[str, float], float, float, sp.csr_matrix | None]] = []
+    for decay in decays:
+        weights = None if decay == 1.0 else recency_matrix(train_sequences, rec.num_items, decay)
+        rec.head_decay, rec.head_weights = decay, weights
+        ii = rec._ii_scores(rec._head_rows(sample))
+        scale = float(dot.std() / ii.std().clamp(min=1e-12))
+        scored += [(run(a * scale), a * scale, decay, weights) for a in ALPHA_GRID if a or decay == decays[0]]
+    metrics, alpha, decay, weights = max(scored, key=lambda t: t[0]["ndcg@10"])
+    rec.alpha, rec.head_decay, rec.head_weights = alpha, decay, weights
+    rec.meta["alpha_grid"] = {f"{a:.4g}": m["ndcg@10"] for m, a, d, _ in scored if d == decay or not a}
     rec.meta["head_decay_grid"] = {f"{d:g}": max(m["ndcg@10"] for m, _, dd, _ in scored if dd == d) for d in decays}
-    if by_lambda:
-        rec.meta["head_lambda"] = lam
-        rec.meta["head_lambda_grid"] = {f"{k:g}": v for k, v in by_lambda.items()}
-    log.info("item-item weight %.4g, decay %g%s selected on valid (ndcg@10 %.4f)", alpha, decay,
-             f", EASE λ {rec.meta['head_lambda']:g}" if by_lambda else "", metrics["ndcg@10"])
+    log.info("item-item weight %.4g, decay %g selected on valid (ndcg@10 %.4f)", alpha, decay, metrics["ndcg@10"])
+    return metrics
+
+
+#: the Recommender fields the heads' selection sets (restored to the winner's after trying each λ)
+_HEAD_FIELDS = ("ii", "alpha", "head_decay", "head_weights", "transitions", "beta", "transition_decay",
+                "transition_rows")
+_HEAD_META = ("alpha_grid", "head_decay_grid", "transition_grid")
+
+
+def select_heads(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
+                 x_train: sp.csr_matrix, train_sequences: list[np.ndarray], transitions: bool,
+                 candidates: np.ndarray | None = None, head_at: Callable[[float], Any] | None = None,
+                 lambdas: tuple[float, ...] = ()) -> dict[str, float]:
+    """Choose both heads on valid: :func:`select_alpha`, then (``transitions``) :func:`select_transitions`.
+
+    ``lambdas`` (the first is ``rec.ii``'s EASE λ) with ``head_at`` (λ → the item–item head's weights):
+    the whole selection runs once per λ, since the λ best for EASE alone need not be the best beside the
+    network and the transition head; another λ is kept only when the final valid NDCG@10 improves
+    strictly. Each further head is built when it is tried and dropped unless it wins. Sets
+    ``rec.meta["head_lambda"]`` and ``rec.meta["head_lambda_grid"]`` (final valid NDCG@10 per λ).
+    Returns the valid metrics of what is kept.
+    """
+    def once() -> dict[str, float]:
+        metrics = select_alpha(rec, valid_users, valid_items, cfg, x_train, candidates, train_sequences)
+        if transitions:
+            metrics = select_transitions(rec, valid_users, valid_items, cfg, x_train, train_sequences, metrics,
+                                         candidates)
+        return metrics
+
+    if head_at is None or len(lambdas) < 2 or rec.ii is None or not len(valid_users):
+        return once()
+    best: tuple[dict[str, float], float, dict[str, Any], dict[str, Any]] | None = None
+    by_lambda: dict[str, float] = {}
+    for n, lam in enumerate(lambdas):
+        if n:
+            rec.ii = head_at(lam)
+            rec.transitions, rec.transition_rows, rec.beta, rec.transition_decay = None, None, 0.0, 1.0
+        metrics = once()
+        by_lambda[f"{lam:g}"] = metrics["ndcg@10"]
+        if best is None or metrics["ndcg@10"] > best[0]["ndcg@10"]:
+            best = (metrics, lam, {f: getattr(rec, f) for f in _HEAD_FIELDS},
+                    {k: rec.meta[k] for k in _HEAD_META if k in rec.meta})
+    assert best is not None
+    metrics, lam, fields, meta = best
+    for f, v in fields.items():
+        setattr(rec, f, v)
+    for k in _HEAD_META:
+        rec.meta.pop(k, None)
+    rec.meta.update(meta, head_lambda=lam, head_lambda_grid=by_lambda)
+    log.info("item-item head: EASE λ %g selected on valid (ndcg@10 %.4f; by λ %s)", lam, metrics["ndcg@10"],
+             {k: round(v, 4) for k, v in by_lambda.items()})
     return metrics
 
 

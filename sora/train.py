@@ -28,7 +28,7 @@ from sora.config import GraphConfig, SoraConfig
 from sora.data import Dataset
 from sora.protocol import sequences
 from sora.recommender import Recommender
-from sora.selection import ALPHA_GRID, select_alpha, select_transitions, valid_metrics
+from sora.selection import ALPHA_GRID, select_heads, valid_metrics
 from sora.split import Split, make_split
 from sora.text import EmbeddingCache, ItemEmbeddings, TextEncoder, embed_items, load_encoder
 from sora.training_device import deterministic, device_info, peak_device_memory_gb, resolve_device
@@ -182,14 +182,12 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     vu, vi = split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
     candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
     if loop.head_weight is None:
-        train_sequences = sequences(split, "train")
         lambdas = head_lambdas(split, cfg, prep.ease_lambda)
-        valid = select_alpha(rec, vu, vi, cfg, prep.x_train, candidates, train_sequences,
-                             partial(dense_head_at, prep.x_train, cfg=cfg.graph), lambdas)
+        with_transitions = tc.transition_head if tc.transition_head is not None else cfg.causal_training
+        valid = select_heads(rec, vu, vi, cfg, prep.x_train, sequences(split, "train"), with_transitions,
+                             candidates, partial(dense_head_at, prep.x_train, cfg=cfg.graph), lambdas)
         if lambdas:  # the saved config holds the head's λ
             rec.config = rec.config.with_overrides([f"graph.ease_lambda={rec.meta['head_lambda']}"])
-        if tc.transition_head if tc.transition_head is not None else cfg.causal_training:
-            valid = select_transitions(rec, vu, vi, cfg, prep.x_train, train_sequences, valid, candidates)
     else:  # train.head_in_loss: the head's weight and decay are the ones training learned with
         valid = valid_metrics(rec, vu, vi, cfg, prep.x_train, candidates)
         log.info("item-item weight %.4g, decay %g learned in training (valid ndcg@10 %.4f)", rec.alpha,

@@ -9,6 +9,7 @@ import torch
 from sora.config import ConfigError, SoraConfig
 from sora.evaluate import run_baselines
 from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
+from sora.protocol import sequences
 from sora.selection import (
     ALPHA_GRID,
     EASE_LAMBDA_START,
@@ -17,6 +18,7 @@ from sora.selection import (
     ease_on_valid,
     ease_valid_metric,
     select_alpha,
+    select_heads,
 )
 from sora.split import make_split
 from sora.text import HashEncoder
@@ -201,7 +203,7 @@ def test_select_alpha_picks_from_the_grid(tiny):
     assert "ndcg@10" in metrics
 
 
-def test_select_alpha_chooses_the_heads_lambda_beside_the_network(tiny):
+def test_select_heads_chooses_the_heads_lambda_beside_the_network(tiny):
     ds, cfg, split, emb = tiny
     result = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]"]), progress=False)
     rec, x = result.recommender, split.matrix("train")
@@ -215,14 +217,19 @@ def test_select_alpha_chooses_the_heads_lambda_beside_the_network(tiny):
     x_valid = sp.csr_matrix((np.ones(len(vu)), (vu, vi)), shape=x.shape)
     oracle = (x.T @ x_valid).toarray()  # each user's own valid items score highest: better than any EASE
     zeros = np.zeros_like(oracle)
-    first = rec.ii
-    plain = select_alpha(rec, vu, vi, cfg, x, train_sequences=None)
-    heads = {1.0: zeros, 2.0: oracle}
-    best = select_alpha(rec, vu, vi, cfg, x, None, None, heads.get, (lam, 1.0, 2.0))
+    first, seqs = rec.ii, sequences(split, "train")
+    plain = select_heads(rec, vu, vi, cfg, x, seqs, False)
+    best = select_heads(rec, vu, vi, cfg, x, seqs, False, None, {1.0: zeros, 2.0: oracle}.get, (lam, 1.0, 2.0))
     assert rec.meta["head_lambda"] == 2.0 and rec.ii is oracle and best["ndcg@10"] > plain["ndcg@10"]
+    assert rec.meta["alpha_grid"] and max(rec.meta["alpha_grid"].values()) == best["ndcg@10"]
     rec.ii = first
-    kept = select_alpha(rec, vu, vi, cfg, x, None, None, {1.0: zeros, 2.0: zeros}.get, (lam, 1.0, 2.0))
+    kept = select_heads(rec, vu, vi, cfg, x, seqs, False, None, {1.0: zeros, 2.0: zeros}.get, (lam, 1.0, 2.0))
     assert rec.meta["head_lambda"] == lam and rec.ii is first and kept == plain
+    # with the transition head, each λ runs the whole selection; the winner's transition head is kept
+    kept = select_heads(rec, vu, vi, cfg, x, seqs, True, None, {1.0: zeros, 2.0: oracle}.get, (lam, 1.0, 2.0))
+    assert rec.meta["head_lambda"] == 2.0 and rec.ii is oracle and "transition_grid" in rec.meta
+    assert kept["ndcg@10"] == max(rec.meta["head_lambda_grid"].values())
+    assert (rec.transitions is None) == (rec.beta == 0.0) == (rec.transition_rows is None)
     fixed = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]", "graph.ease_lambda=50"]),
                         progress=False).recommender
     assert "head_lambda_grid" not in fixed.meta and fixed.config.graph.ease_lambda == 50  # a given λ is kept
