@@ -65,7 +65,8 @@ def test_prepared_once_with_timed_stages(tiny):
     assert isinstance(prep.ii, np.ndarray) and prep.ii.shape == (split.num_items,) * 2
     # reused as is by train_model
     result = train_model(split, emb, ds.items, cfg, progress=False, prepared=prep)
-    assert result.recommender.ii is prep.ii and result.stages == prep.stages
+    rec = result.recommender  # the prepared head itself, unless the selection kept another λ (select_heads)
+    assert (rec.ii is prep.ii) == (rec.meta["head_lambda"] == prep.ease_lambda) and result.stages == prep.stages
 
 
 def test_sparse_head_above_ease_max_items(tiny):
@@ -178,7 +179,9 @@ def test_ease_lambda_chosen_on_valid_is_saved_and_shared_with_the_baselines(tiny
     prep = prepare_training(split, emb, ds.items, cfg, torch.device("cpu"))
     assert prep.ease_lambda == choice.lam and np.allclose(prep.ii, choice.weights)
     rec = train_model(split, emb, ds.items, cfg, progress=False, prepared=prep).recommender
-    assert rec.config.graph.ease_lambda == choice.lam and cfg.graph.ease_lambda is None  # saved; caller's untouched
+    # the head's selection starts from EASE's λ and may keep half or twice it; the λ kept is saved
+    assert list(rec.meta["head_lambda_grid"])[0] == f"{choice.lam:g}"
+    assert rec.config.graph.ease_lambda == rec.meta["head_lambda"] and cfg.graph.ease_lambda is None  # caller's untouched
     plain = ease_on_valid(x, split, None)
     assert run_baselines(split, cfg, ("ease",))["ease"]["lambda"] == plain.lam  # tuned EASE, on its own valid
     fixed = cfg.with_overrides(["graph.ease_lambda=7"])
