@@ -98,7 +98,7 @@ class GraphConfig:
     #: Item–item head: EASE weights kept per item; 0 keeps the dense (I, I) matrix (best for small catalogues).
     ease_k: int = 0
     #: EASE's ridge λ for the item–item head and the EASE baselines; null = chosen on the valid split
-    #: (EASE alone, a walk over 300·2^k, |k| ≤ 5; then the head's weight selection after training also tries
+    #: (EASE alone, a walk over 300·2^k, |k| ≤ 5; then the heads' selection after training also tries
     #: half and twice that λ beside the network; a cold-item split, the sparse head and catalogues
     #: above ``ease_lambda_search_max_items`` take 300).
     ease_lambda: float | None = None

@@ -107,6 +107,18 @@ def choose_ease_lambda(x_train: sp.csr_matrix, metric: EaseMetric, start: float 
     return EaseChoice(lam, best["weights"], best["decay"], valid)
 
 
+def valid_ranks_ease(split: Split) -> bool:
+    """Whether EASE can be scored on ``split``'s valid part: a cold-item split's valid items have no
+    training interactions, so EASE cannot rank them."""
+    return split.spec.mode != "cold-item" and len(split.valid) > 0
+
+
+def walks_lambda(split: Split, lam: float | None, num_items: int, search_max_items: int) -> bool:
+    """Whether :func:`ease_on_valid` chooses λ on valid: ``lam`` null, a valid part EASE can rank, and at
+    most ``search_max_items`` items."""
+    return lam is None and valid_ranks_ease(split) and num_items <= search_max_items
+
+
 def ease_on_valid(x_train: sp.csr_matrix, split: Split, lam: float | None, decays: tuple[float, ...] = (1.0,),
                   batch_size: int = 1024, search_max_items: int = 12_000) -> EaseChoice:
     """Dense EASE at ``lam`` (the decay of ``decays`` chosen on valid when there are several); with ``lam``
@@ -116,8 +128,8 @@ def ease_on_valid(x_train: sp.csr_matrix, split: Split, lam: float | None, decay
     nothing is searched there (λ is :data:`EASE_LAMBDA_START`, the decay the first of ``decays``);
     above ``search_max_items`` items (``graph.ease_lambda_search_max_items``) λ is not searched either.
     """
-    searchable = split.spec.mode != "cold-item" and len(split.valid) > 0
-    if lam is None and searchable and x_train.shape[1] <= search_max_items:
+    searchable = valid_ranks_ease(split)
+    if walks_lambda(split, lam, x_train.shape[1], search_max_items):
         return choose_ease_lambda(x_train, ease_valid_metric(x_train, split, decays, batch_size))
     if lam is None:
         lam = EASE_LAMBDA_START

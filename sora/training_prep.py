@@ -31,7 +31,7 @@ import torch
 from sora.config import GraphConfig, SoraConfig
 from sora.gnn import TorchGraph
 from sora.itemsim import auto_neighbours, ease_sparse, ease_weights, interaction_matrix, topk_dense
-from sora.selection import EASE_LAMBDA_START, ease_on_valid
+from sora.selection import EASE_LAMBDA_START, ease_on_valid, walks_lambda
 from sora.split import Split
 from sora.text import ItemEmbeddings
 
@@ -231,16 +231,15 @@ HEAD_LAMBDA_FACTORS = (0.5, 2.0)
 
 
 def head_lambdas(split: Split, cfg: SoraConfig, chosen: float | None) -> tuple[float, ...]:
-    """The EASE λs :func:`~sora.selection.select_alpha` tries for the head, ``chosen`` first.
+    """The EASE λs :func:`~sora.selection.select_heads` tries for the head, ``chosen`` first.
 
     Where λ was chosen on valid for the dense head (``graph.ease_lambda`` null), the network's dot product
     sits beside the head and may prefer a neighbouring λ: the walk's next steps either side
     (:data:`HEAD_LAMBDA_FACTORS`) are tried too. Otherwise only ``chosen`` (nothing is searched).
     """
-    n = split.num_items
-    searched = (cfg.graph.ease_lambda is None and chosen is not None and split.spec.mode != "cold-item"
-                and len(split.valid) > 0 and n <= cfg.graph.ease_lambda_search_max_items
-                and check_item_item_head(n, cfg.graph) == "dense")
+    n, g = split.num_items, cfg.graph
+    searched = (chosen is not None and walks_lambda(split, g.ease_lambda, n, g.ease_lambda_search_max_items)
+                and check_item_item_head(n, g) == "dense")
     return (chosen, *(chosen * f for f in HEAD_LAMBDA_FACTORS)) if searched else ()
 
 
