@@ -18,6 +18,15 @@ def write_section(path: Path, begin: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def movielens_100k(data: Path) -> Path:
+    """``data``, with MovieLens-100K fetched there first when it is absent (offline: from the recbole wheel)."""
+    if not data.exists():
+        from sora.fetch import fetch_to
+
+        fetch_to("movielens-100k", data)
+    return data
+
+
 def default_model(data: Path) -> Path:
     """``.sora/bench/model``, trained first with `sora train` on ``data`` (MovieLens-100K, fetched if absent)."""
     if not (DEFAULT_MODEL / "model.safetensors").exists():

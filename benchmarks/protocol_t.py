@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import write_section  # noqa: E402
+from _results import movielens_100k, write_section  # noqa: E402
 from quality import machine, peak_rss  # noqa: E402
 
 from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig  # noqa: E402
@@ -203,10 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.data[0].exists() and args.data[0] == Path(".sora/bench/ml-100k"):
-        from sora.fetch import fetch_to
-
-        fetch_to("movielens-100k", args.data[0])
+    if args.data[0] == Path(".sora/bench/ml-100k"):
+        movielens_100k(args.data[0])
     base = SoraConfig().with_overrides(args.set)
     started = dt.datetime.now(dt.UTC)
     cmd = "python benchmarks/protocol_t.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -29,12 +29,16 @@ import pandas as pd
 import psutil
 import torch
 
-from sora.config import SoraConfig
-from sora.data import Dataset, load_dataset
-from sora.evaluate import evaluate_split, lightgcn_config, run_baselines
-from sora.split import make_split
-from sora.text import EmbeddingCache, embed_items, load_encoder
-from sora.train import train_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import movielens_100k  # noqa: E402
+
+from sora.config import SoraConfig  # noqa: E402
+from sora.data import Dataset, load_dataset  # noqa: E402
+from sora.evaluate import evaluate_split, lightgcn_config, run_baselines  # noqa: E402
+from sora.split import make_split  # noqa: E402
+from sora.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
+from sora.train import train_model  # noqa: E402
 
 KEYS = ["ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10", "coverage@10", "ndcg@20", "recall@20"]
 MARK_BEGIN, MARK_END = "<!-- quality:begin -->", "<!-- quality:end -->"
@@ -145,11 +149,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.data.exists():
-        from sora.fetch import fetch_to
-
-        fetch_to("movielens-100k", args.data)
-    ds = load_dataset(args.data)
+    ds = load_dataset(movielens_100k(args.data))
     base = SoraConfig()
     if args.max_epochs:
         base = base.with_overrides([f"train.max_epochs={args.max_epochs}"])

@@ -22,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import write_section  # noqa: E402
+from _results import movielens_100k, write_section  # noqa: E402
 from quality import machine  # noqa: E402
 from scale import synthetic  # noqa: E402
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = p.parse_args(argv)
-    base = load_dataset(args.data)
+    base = load_dataset(movielens_100k(args.data))
     started = dt.datetime.now(dt.UTC)
     rows = []
     for name in args.variants:
