@@ -35,7 +35,6 @@ from sora.training_device import deterministic, device_info, peak_device_memory_
 from sora.training_loop import fit, run_epochs, trained_head
 from sora.training_prep import (
     Prepared,
-    dense_head_at,
     graph_config,
     head_lambdas,
     item_item_head,
@@ -185,7 +184,7 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
         lambdas = head_lambdas(split, cfg, prep.ease_lambda)
         with_transitions = tc.transition_head if tc.transition_head is not None else cfg.causal_training
         valid = select_heads(rec, vu, vi, cfg, prep.x_train, sequences(split, "train"), with_transitions,
-                             candidates, partial(dense_head_at, prep.x_train, cfg=cfg.graph), lambdas)
+                             candidates, partial(prep.head_at, cfg=cfg.graph), lambdas)
         if lambdas:  # the saved config holds the head's λ
             rec.config = rec.config.with_overrides([f"graph.ease_lambda={rec.meta['head_lambda']}"])
     else:  # train.head_in_loss: the head's weight and decay are the ones training learned with

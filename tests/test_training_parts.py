@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from sora import training_prep
 from sora.config import ConfigError, SoraConfig
 from sora.evaluate import run_baselines
 from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
@@ -238,13 +239,17 @@ def test_select_heads_chooses_the_heads_lambda_beside_the_network(tiny):
     assert "head_lambda_grid" not in fixed.meta and fixed.config.graph.ease_lambda == 50  # a given λ is kept
 
 
-def test_tuning_trains_each_grid_value_and_keeps_the_best_on_valid(tiny):
+def test_tuning_trains_each_grid_value_and_keeps_the_best_on_valid(tiny, monkeypatch):
     ds, cfg, split, emb = tiny
     grid = cfg.with_overrides(['tune.grid=["train.temperature=0.3,1.0", "train.lr=0.01,0.02"]'])
     assert tuning_trials(grid) == [["train.temperature=0.3", "train.lr=0.01"], ["train.temperature=0.3", "train.lr=0.02"],
                                    ["train.temperature=1.0", "train.lr=0.01"], ["train.temperature=1.0", "train.lr=0.02"]]
+    built = []  # the heads at the other λs the heads' selection tries: one (I, I) inverse each
+    monkeypatch.setattr(training_prep, "dense_head_at", lambda x, lam, g: built.append(lam) or dense_head_at(x, lam, g))
     result = train_model(split, emb, ds.items, grid, progress=False)
     trials = result.recommender.meta["tuning"]
+    tried = [float(k) for k in result.recommender.meta["head_lambda_grid"]][1:]
+    assert len(tried) == 2 and sorted(built) == sorted(tried)  # built once, shared by the four trials
     assert [t["overrides"] for t in trials] == tuning_trials(grid)
     best = max(trials, key=lambda t: t["valid_ndcg@10"])
     assert result.valid["ndcg@10"] == best["valid_ndcg@10"]
