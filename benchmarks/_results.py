@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL = Path(".sora/bench/model")
+DEFAULT_DATA = Path(".sora/bench/ml-100k")
 
 
 def write_section(path: Path, begin: str, end: str, section: str) -> None:
@@ -19,8 +20,9 @@ def write_section(path: Path, begin: str, end: str, section: str) -> None:
 
 
 def movielens_100k(data: Path) -> Path:
-    """``data``, with MovieLens-100K fetched there first when it is absent (offline: from the recbole wheel)."""
-    if not data.exists():
+    """``data``; the default path (:data:`DEFAULT_DATA`) gets MovieLens-100K fetched first when it is absent
+    (offline: from the recbole wheel). Any other path is read as given, so a mistyped one fails to load."""
+    if data == DEFAULT_DATA and not data.exists():
         from sora.fetch import fetch_to
 
         fetch_to("movielens-100k", data)
@@ -30,9 +32,7 @@ def movielens_100k(data: Path) -> Path:
 def default_model(data: Path) -> Path:
     """``.sora/bench/model``, trained first with `sora train` on ``data`` (MovieLens-100K, fetched if absent)."""
     if not (DEFAULT_MODEL / "model.safetensors").exists():
-        if not data.exists():
-            subprocess.check_call([sys.executable, "-m", "sora.cli", "data", "fetch", "movielens-100k",
-                                   "--dest", str(data)])
+        movielens_100k(data)
         subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(data),
                                "--out", str(DEFAULT_MODEL)])
     return DEFAULT_MODEL

@@ -30,7 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import default_model, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import (  # benchmarks/ is on sys.path when run as a script
+    DEFAULT_DATA,
+    default_model,
+    write_section,
+)
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- explain-fidelity:begin -->", "<!-- explain-fidelity:end -->"
@@ -108,7 +112,7 @@ def run(rec, n_users: int, seed: int = 0) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
-    ap.add_argument("--data", type=Path, default=Path(".sora/bench/ml-100k"))
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import movielens_100k, write_section  # noqa: E402
+from _results import DEFAULT_DATA, movielens_100k, write_section  # noqa: E402
 from quality import machine, peak_rss  # noqa: E402
 
 from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig  # noqa: E402
@@ -190,7 +190,7 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: l
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, nargs="+", default=[Path(".sora/bench/ml-100k")])
+    p.add_argument("--data", type=Path, nargs="+", default=[DEFAULT_DATA])
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="train.seed values (Sora and SASRec)")
     p.add_argument("--skip-ablations", action="store_true")
@@ -203,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.data[0] == Path(".sora/bench/ml-100k"):
-        movielens_100k(args.data[0])
+    movielens_100k(args.data[0])
     base = SoraConfig().with_overrides(args.set)
     started = dt.datetime.now(dt.UTC)
     cmd = "python benchmarks/protocol_t.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import movielens_100k  # noqa: E402
+from _results import DEFAULT_DATA, movielens_100k  # noqa: E402
 
 from sora.config import SoraConfig  # noqa: E402
 from sora.data import Dataset, load_dataset  # noqa: E402
@@ -137,7 +137,7 @@ def large_row(args) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(".sora/bench/ml-100k"))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--skip-large", action="store_true")

@@ -30,7 +30,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from _results import default_model, write_section  # benchmarks/ is on sys.path when run as a script
+from _results import (  # benchmarks/ is on sys.path when run as a script
+    DEFAULT_DATA,
+    default_model,
+    write_section,
+)
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- serving:begin -->", "<!-- serving:end -->"
@@ -134,7 +138,7 @@ def median_round(rounds: list[dict]) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path)
-    ap.add_argument("--data", type=Path, default=Path(".sora/bench/ml-100k"))
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--requests", type=int, default=1000, help="requests per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per endpoint and concurrency")

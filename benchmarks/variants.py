@@ -22,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _results import movielens_100k, write_section  # noqa: E402
+from _results import DEFAULT_DATA, movielens_100k, write_section  # noqa: E402
 from quality import machine  # noqa: E402
 from scale import synthetic  # noqa: E402
 
@@ -79,7 +79,7 @@ def run(ds: Dataset, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(".sora/bench/ml-100k"))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = p.parse_args(argv)

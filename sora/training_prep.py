@@ -87,14 +87,15 @@ class Prepared:
     head_decay: float = 1.0
     head_weights: sp.csr_matrix | None = None
     #: the item–item heads at other EASE λs that the heads' selection tried (:meth:`head_at`)
-    heads: dict[float, Any] = field(default_factory=dict)
+    heads: dict[tuple[float, int], Any] = field(default_factory=dict)
 
     def head_at(self, lam: float, cfg: GraphConfig) -> sp.csr_matrix | np.ndarray:
-        """The dense item–item head at EASE λ ``lam``, built once per preparation: tuning trials that share
-        it try the same λs, and each costs an (I, I) inverse."""
-        if lam not in self.heads:
-            self.heads[lam] = dense_head_at(self.x_train, lam, cfg)
-        return self.heads[lam]
+        """The dense item–item head at EASE λ ``lam`` (kept whole or pruned to ``cfg.ease_k``), built once per
+        preparation: tuning trials that share it try the same λs, and each costs an (I, I) inverse."""
+        key = (lam, cfg.ease_k)
+        if key not in self.heads:
+            self.heads[key] = dense_head_at(self.x_train, lam, cfg)
+        return self.heads[key]
 
     @property
     def tensors(self) -> dict[str, torch.Tensor | None]:
