@@ -133,9 +133,9 @@ class ModelConfig:
     transformer_layers: int | None = None
     transformer_heads: int = 2
     dropout: float | None = None
-    #: Std of the Transformer's position embeddings at initialisation. null = by training mode (``AUTO``):
-    #: 1.0 for set training (nn.Embedding's default; the cold-item protocol's valid NDCG@10 drops 13% at
-    #: 0.1), 0.1 for causal training (the item tokens' scale: at 1.0 a long window learns mostly order).
+    #: Std of the Transformer's position embeddings at initialisation. null = by split (``auto_position_std``):
+    #: 1.0 on a cold-item split (nn.Embedding's default; its valid NDCG@10 drops 13% at 0.1), else 0.1, the
+    #: item tokens' scale (at 1.0 a long causal window learns mostly order; a random split is level or lower).
     position_std: float | None = None
     #: Weight of item<->item and user<->user messages relative to interaction edges.
     side_weight: float = 0.5
@@ -295,6 +295,10 @@ class DriftConfig:
     rating_bins: int = 20
 
 
+#: ``model.position_std`` left null, by ``split.mode`` (valid NDCG@10 in benchmarks/RESULTS.md, 2026-12-04 notes).
+COLD_ITEM_POSITION_STD, POSITION_STD = 1.0, 0.1
+
+
 #: Keys left null take a value by training mode: (set training, causal training). Causal training is
 #: SASRec-shaped (long windows, two blocks, small steps): measured on Protocol T's valid split in
 #: benchmarks/RESULTS.md; set training keeps the short history and large steps it was tuned with.
@@ -302,7 +306,6 @@ AUTO: dict[str, tuple[Any, Any]] = {
     "model.history_len": (10, 50),
     "model.transformer_layers": (1, 2),
     "model.dropout": (0.1, 0.2),
-    "model.position_std": (1.0, 0.1),
     "train.lr": (1e-2, 1e-3),
     "train.batch_size": (4096, 1600),
     "train.temperature": (0.2, 1.0),
@@ -336,11 +339,13 @@ class SoraConfig:
         Training resolves once at its start, so a saved model's config holds the values it was trained with.
         """
         unset = [k for k in AUTO if _get(self, k) is None]
-        if not unset:
+        if not unset and self.model.position_std is not None:
             return self
         cfg = SoraConfig.from_dict(self.to_dict())
         for key in unset:
             _assign(cfg, key, AUTO[key][int(cfg.causal_training)])
+        if cfg.model.position_std is None:
+            cfg.model.position_std = COLD_ITEM_POSITION_STD if cfg.split.mode == "cold-item" else POSITION_STD
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
