@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sora.config import POSITION_STD, ModelConfig
+from sora.config import ModelConfig
 
 
 class TextProjector(nn.Module):
@@ -48,7 +48,7 @@ class HistoryFusion(nn.Module):
     """
 
     def __init__(self, dim: int, history_len: int, layers: int, heads: int, dropout: float, causal: bool = False,
-                 position_std: float = POSITION_STD):
+                 position_std: float = 0.1):
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"model.dim ({dim}) must be divisible by model.transformer_heads ({heads})")
@@ -57,8 +57,8 @@ class HistoryFusion(nn.Module):
         self.causal = causal
         self.position = nn.Embedding(history_len + 1, dim)
         # by default on the item tokens' scale (SoraModel's embeddings start at std 0.1): at nn.Embedding's
-        # std 1 they outweigh the items tenfold and a long causal window learns mostly order; a cold-item
-        # split starts them at 1 (``model.position_std``)
+        # std 1 they outweigh the items tenfold and a long causal window learns mostly order
+        # (``model.position_std``; a cold-item split tries both on valid)
         nn.init.normal_(self.position.weight, std=position_std)
         self.anonymous = nn.Parameter(torch.zeros(dim))  # user token for a history without a user id
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
@@ -178,9 +178,8 @@ class SoraModel(nn.Module):
         self.register_buffer("warm", warm_items.float()[:, None], persistent=False)  # (I, 1)
         self.text_in = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
         self.text_out = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
-        std = cfg.position_std if cfg.position_std is not None else POSITION_STD  # a model saved before the key
         self.fusion = (HistoryFusion(cfg.dim, cfg.history_len, cfg.transformer_layers, cfg.transformer_heads,
-                                     cfg.dropout, causal, std) if cfg.use_transformer else None)
+                                     cfg.dropout, causal, cfg.position_std) if cfg.use_transformer else None)
         self.graph_encoder = graph_encoder
 
     def node_inputs(self, text: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

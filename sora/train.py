@@ -106,7 +106,8 @@ def build_model(prep: Prepared, cfg: SoraConfig):
 
 #: keys a tuning trial may change without preparing the data again (the graph, histories and head stay)
 _SHARES_PREPARATION = ("train.temperature", "train.lr", "train.weight_decay", "train.max_epochs", "train.patience",
-                       "model.dropout", "model.transformer_layers", "model.transformer_heads", "model.anonymous_prob")
+                       "model.dropout", "model.transformer_layers", "model.transformer_heads", "model.anonymous_prob",
+                       "model.position_std")
 
 
 def tuning_trials(cfg: SoraConfig) -> list[list[str]]:

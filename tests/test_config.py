@@ -175,7 +175,8 @@ def test_every_number_has_a_range():
 
 def test_null_keys_resolve_by_training_mode():
     """AUTO keys: set training keeps its short-history values, causal training gets the SASRec-shaped ones."""
-    from sora.config import AUTO
+    from sora.config import AUTO, AUTO_COLD_ITEM
+    from sora.train import tuning_trials
 
     plain = SoraConfig()
     assert all(plain.to_dict()[k.split(".")[0]][k.split(".")[1]] is None for k in AUTO)
@@ -183,8 +184,14 @@ def test_null_keys_resolve_by_training_mode():
         r = plain.with_overrides([f"split.mode={mode}"]).resolved()
         for key, values in AUTO.items():
             section, name = key.split(".")
-            assert getattr(getattr(r, section), name) == values[causal], (mode, key)
+            expected = AUTO_COLD_ITEM.get(key, values[causal]) if mode == "cold-item" else values[causal]
+            assert getattr(getattr(r, section), name) == expected, (mode, key)
     assert SoraConfig().resolved().tune.grid == ("train.temperature=0.2,1.0",)
+    # a cold-item split also tries the position std on valid: 2 × 2 trainings
+    cold = plain.with_overrides(["split.mode=cold-item"]).resolved()
+    assert tuning_trials(cold) == [[f"train.temperature={t}", f"model.position_std={s}"]
+                                   for t in ("0.2", "1.0") for s in ("0.1", "1.0")]
+    assert plain.with_overrides(["split.mode=cold-item", "train.causal=true"]).resolved().tune.grid == ()
     # train.causal decides, not the split mode alone; a value set by the user is kept in either mode
     forced = plain.with_overrides(["train.causal=true"]).resolved()
     assert forced.model.history_len == 50 and forced.train.lr == 1e-3
