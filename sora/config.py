@@ -310,7 +310,7 @@ AUTO: dict[str, tuple[Any, Any]] = {
 }
 #: What a cold-item split (set training) takes instead: the position std decides a lot there and its best
 #: value differs between data sets (benchmarks/RESULTS.md, quality notes of 2026-12-04), so valid chooses it.
-AUTO_COLD_ITEM: dict[str, Any] = {"tune.grid": ("train.temperature=0.2,1.0", "model.position_std=0.1,1.0")}
+AUTO_COLD_ITEM: dict[str, Any] = {"tune.grid": (*AUTO["tune.grid"][0], "model.position_std=0.1,1.0")}
 
 
 @dataclass
