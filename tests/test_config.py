@@ -202,6 +202,20 @@ def test_null_keys_resolve_by_training_mode():
     assert again.resolved().to_dict() == kept.to_dict() and again.resolved() is again
 
 
+def test_train_reports_every_value_chosen_on_valid():
+    """`sora train`'s "chosen on valid" line names each key the grid tried, at the winner's value."""
+    from types import SimpleNamespace
+
+    from sora.cli.model import _tuned_values
+
+    cfg = SoraConfig().with_overrides(["split.mode=cold-item", "train.temperature=1.0", "model.position_std=1.0"])
+    tuning = [{"overrides": [f"train.temperature={t}", f"model.position_std={s}"]} for t in (0.2, 1.0) for s in (0.1, 1.0)]
+    assert _tuned_values(SimpleNamespace(config=cfg, meta={"tuning": tuning})) == \
+        "model.position_std=1.0 train.temperature=1.0"
+    # no grid (causal training): the temperature it trained with
+    assert _tuned_values(SimpleNamespace(config=SoraConfig(), meta={})) == f"train.temperature={SoraConfig().train.temperature}"
+
+
 def test_config_show_resolved(capsys):
     from sora.cli import main
 

@@ -59,12 +59,20 @@ def cmd_train(args) -> int:
           + (f" on {device.get('name', device) if isinstance(device, dict) else device}" if device else ""))
     rec = result.recommender
     trials = "; ".join(f"{' '.join(t['overrides'])}: {t['valid_ndcg@10']:.4f}" for t in rec.meta.get("tuning", []))
-    print(f"chosen on valid: temperature {rec.config.train.temperature:g}"
+    print(f"chosen on valid: {_tuned_values(rec)}"
           + (f" (valid ndcg@10 by trial: {trials})" if trials else "")
           + f", item–item head weight {rec.alpha:.3g}, recency decay {rec.head_decay:g}"
           + (f", transition head weight {rec.beta:.3g}, decay {rec.transition_decay:g}" if rec.beta else ""))
     print(f"model: {args.out}")
     return EXIT_OK
+
+
+def _tuned_values(rec) -> str:
+    """The values of the keys ``tune.grid`` tried (``model.position_std=1.0 train.temperature=1.0``), or the temperature."""
+    from operator import attrgetter
+
+    keys = sorted({o.split("=", 1)[0] for t in rec.meta.get("tuning", []) for o in t["overrides"]}) or ["train.temperature"]
+    return " ".join(f"{key}={attrgetter(key)(rec.config)}" for key in keys)
 
 
 def _init_distributed(device: str) -> int:
