@@ -65,7 +65,7 @@ def time_local_lift(train, num_users: int, num_items: int, tau: float) -> np.nda
     return np.log((share + 1e-5) / (overall[None] + 1e-5))
 
 
-def mult_dae(x, split, evaluate, hidden: int = 600, dropout: float = 0.5, epochs: int = 200, seed: int = 0):
+def mult_dae(x, evaluate, hidden: int = 600, dropout: float = 0.5, epochs: int = 200, seed: int = 0):
     """(U, I) scores of a Mult-DAE trained on ``x`` (U, I) dense, its epoch (every 10th) chosen on valid."""
     import torch
     import torch.nn.functional as F
@@ -128,7 +128,7 @@ def blend_rows(rec, split) -> list[tuple[str, str, float, float]]:
     candidates["time-local popularity"] = {
         f"τ {tau:g} d": torch.tensor(time_local_lift(split.train, split.num_users, split.num_items, tau),
                                      dtype=torch.float32) for tau in TAUS}
-    dae, dae_epoch = mult_dae(torch.tensor(split.matrix("train").toarray(), dtype=torch.float32), split, evaluate)
+    dae, dae_epoch = mult_dae(torch.tensor(split.matrix("train").toarray(), dtype=torch.float32), evaluate)
     candidates["Mult-DAE"] = {f"{dae_epoch} ep": dae}
     rows.append(("Mult-DAE alone", f"{dae_epoch} ep", evaluate(dae, "valid"), evaluate(dae, "test")))
     for name, settings in candidates.items():
