@@ -31,8 +31,13 @@ def movielens_100k(data: Path) -> Path:
 
 def default_model(data: Path) -> Path:
     """``.sora/bench/model``, trained first with `sora train` on ``data`` (MovieLens-100K, fetched if absent)."""
-    if not (DEFAULT_MODEL / "model.safetensors").exists():
+    return trained_model(data, DEFAULT_MODEL)
+
+
+def trained_model(data: Path, out: Path, *overrides: str) -> Path:
+    """``out``, trained first with `sora train --set OVERRIDE ...` on ``data`` (fetched if the default) when absent."""
+    if not (out / "model.safetensors").exists():
         movielens_100k(data)
-        subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(data),
-                               "--out", str(DEFAULT_MODEL)])
-    return DEFAULT_MODEL
+        subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(data), "--out", str(out),
+                               *(arg for o in overrides for arg in ("--set", o))])
+    return out

@@ -30,7 +30,6 @@ import dataclasses
 import datetime as dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from _results import (  # benchmarks/ is on sys.path when run as a script
     DEFAULT_DATA,
     DEFAULT_MODEL,
     default_model,
-    movielens_100k,
+    trained_model,
     write_section,
 )
 
@@ -127,12 +126,7 @@ def split_seed_model(data: Path, seed: int) -> Path:
     """Sora trained with the default config on random split ``seed`` of ``data`` (trained when absent)."""
     if seed == 2020:
         return default_model(data)
-    out = DEFAULT_MODEL.parent / f"split-{seed}"
-    if not (out / "model.safetensors").exists():
-        movielens_100k(data)
-        subprocess.check_call([sys.executable, "-m", "sora.cli", "train", "--data", str(data), "--out", str(out),
-                               "--set", f"split.seed={seed}"])
-    return out
+    return trained_model(data, DEFAULT_MODEL.parent / f"split-{seed}", f"split.seed={seed}")
 
 
 def blend_rows(rec, split, user_table=None) -> list[tuple[str, str, float, float]]:
@@ -153,15 +147,16 @@ def blend_rows(rec, split, user_table=None) -> list[tuple[str, str, float, float
     rows = [("tuned EASE (the issue's reference)", f"λ {ease['lambda']:g}", ease["valid_ndcg@10"], ease["ndcg@10"]),
             ("Sora (as trained)", "—", evaluate(sora["valid"], "valid"), evaluate(sora["test"], "test"))]
     candidates = {}
-    pop = np.log1p(np.asarray(split.matrix("train").sum(0), dtype=np.float64).ravel())
+    x_train = split.matrix("train")
+    pop = np.log1p(np.asarray(x_train.sum(0), dtype=np.float64).ravel())
     candidates["popularity"] = {"—": torch.tensor(np.tile(pop, (split.num_users, 1)), dtype=torch.float32)}
     candidates["time-local popularity"] = {
         f"τ {tau:g} d": torch.tensor(time_local_lift(split.train, split.num_users, split.num_items, tau),
                                      dtype=torch.float32) for tau in TAUS}
-    attributes = attribute_lift(user_table, split.user_ids, split.matrix("train"))
+    attributes = attribute_lift(user_table, split.user_ids, x_train)
     if attributes is not None:
         candidates["user attributes"] = {"—": torch.tensor(attributes, dtype=torch.float32)}
-    dae, dae_epoch = mult_dae(torch.tensor(split.matrix("train").toarray(), dtype=torch.float32), evaluate)
+    dae, dae_epoch = mult_dae(torch.tensor(x_train.toarray(), dtype=torch.float32), evaluate)
     candidates["Mult-DAE"] = {f"{dae_epoch} ep": dae}
     rows.append(("Mult-DAE alone", f"{dae_epoch} ep", evaluate(dae, "valid"), evaluate(dae, "test")))
     chosen = {}  # name: (setting, weight, standardised scores)
