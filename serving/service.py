@@ -12,6 +12,10 @@ Configuration comes from the environment (this is an edge):
   ``bentoml serve --reload``, whose restarted workers reuse that socket.
 - ``SORA_DIE_WITH_PARENT=1`` workers get SIGTERM when their arbiter dies (set by ``sora serve``)
 
+``/healthz`` answers JSON (:meth:`sora.serving_core.ModelHolder.health`): the served model and, while the
+registry does not answer, ``"registry": {"status": "degraded", "last_successful_poll": ...}``; the service
+keeps answering from the model it has and ``/readyz`` stays ready.
+
 Request limits (id length, list length, body size, k) are ``SoraConfig().serve``'s. Every JSON
 endpoint goes through :class:`sora.serving_core.RequestGuard` (415 / 413 / 400 answered before
 BentoML parses the body) and :func:`sora.serving_core.handle` (404 for unknown ids, 503 at once
@@ -41,6 +45,7 @@ from starlette.responses import Response
 
 from sora.config import SoraConfig
 from sora.serving_core import (
+    HealthEndpoint,
     Limits,
     ModelHolder,
     NotFound,
@@ -61,6 +66,13 @@ Id = Annotated[str, Field(description=f"an id, at most {LIMITS.max_id_length} ch
 Ids = Annotated[list[str], Field(description=f"1..{LIMITS.max_list_length} ids")]
 Recent = Annotated[list[str] | None, Field(description=f"0..{LIMITS.max_list_length} distinct item ids: events since "
                                            "training, newest last")]
+
+
+_HOLDERS: list[ModelHolder] = []  # this worker's service instance's holder, for /healthz
+
+
+def _health() -> dict | None:
+    return _HOLDERS[-1].health() if _HOLDERS else None
 
 
 class _QuietClientErrors(logging.Filter):
@@ -96,6 +108,7 @@ class SoraService:
         self.version = Gauge("sora_model_version", "Registry version of the served model (0 = local directory)",
                              multiprocess_mode="livemax")
         torch.set_num_threads(SERVE.num_threads)
+        _HOLDERS[:] = [self.holder]
         self.holder.start()
 
     def __is_ready__(self) -> bool:
@@ -157,3 +170,4 @@ class SoraService:
 
 
 SoraService.add_asgi_middleware(RequestGuard, limits=LIMITS)
+SoraService.add_asgi_middleware(HealthEndpoint, report=_health)

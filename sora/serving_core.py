@@ -4,6 +4,9 @@
 ``poll_interval_s``); when the alias points at a new version, that version is downloaded and loaded
 in a background thread and then swapped in with one reference assignment, so requests in flight keep
 the model they started with. A version that fails to load is logged and the old one keeps serving.
+While the registry does not answer (an outage), the served model keeps answering; :meth:`ModelHolder.health`
+reports the registry as ``degraded`` with the time of the last poll it answered, and the first poll
+after it comes back picks up whatever the alias points at by then.
 
 Requests are plain dicts here: :func:`validate` checks a JSON body against :data:`ENDPOINTS` and the
 size limits (:class:`Limits`, from ``SoraConfig().serve``), :func:`handle` answers it, and every
@@ -102,9 +105,12 @@ def clip(value: Any, n: int = ECHO_CHARS) -> str:
 _PATH = re.compile(r"(?:file:/*)?(?<![\w.~-])/(?:[^\s'\"/:,()]+/)+[^\s'\"/:,()]*")
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
 def scrub(text: str, n: int = 300) -> str:
-    """Remove absolute filesystem paths from ``text`` (for messages a client sees) and cut it to ``n``."""
-    text = _PATH.sub("<path>", text)
+    """Remove absolute filesystem paths and URI credentials from ``text`` (for messages a client sees), cut to ``n``."""
+    text = _PATH.sub("<path>", _USERINFO.sub("", text))
     return text if len(text) <= n else text[:n] + "…"
 
 
@@ -129,6 +135,13 @@ class Loaded:
     version: str  # registry version ("3") or content hash ("sha256:…"); never a path
 
 
+def _iso(t: float) -> str:
+    """``t`` (seconds since the epoch) as an ISO 8601 UTC timestamp, to the millisecond."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def content_version(model_dir: str | Path) -> str:
     """``sha256:`` + the first 12 hex digits of the weights file's hash: names a local model without its path."""
     h = hashlib.sha256()
@@ -149,6 +162,11 @@ class ModelHolder:
         self.last_error: str | None = None  # for the log: may name files
         self.public_error: str | None = None  # the same without paths, for clients
         self.swaps = 0
+        #: wall-clock time of the last poll the registry answered (``models:/`` sources), None before the first
+        self.last_poll_ok: float | None = None
+        #: why the registry is degraded (the last poll failed, or the version it named did not load); no paths
+        self.registry_error: str | None = None
+        self.failed_polls = 0  # consecutive polls the registry did not answer
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one load at a time
         self._thread: threading.Thread | None = None
@@ -168,7 +186,13 @@ class ModelHolder:
         with self._lock:
             try:
                 name, version, uri = self._resolve()
+            except Exception as exc:  # noqa: BLE001 - an outage: keep serving, say so in /healthz
+                return self._poll_failed(exc)
+            if self.source.startswith("models:/"):
+                self._poll_answered()
+            try:
                 if self.current is not None and self.current.version == version:
+                    self.registry_error = None
                     return False
                 start = time.perf_counter()
                 if uri.startswith("models:/"):
@@ -189,16 +213,46 @@ class ModelHolder:
                 gc.collect()
                 gc.freeze()
                 self.swaps += previous is not None
-                self.last_error = self.public_error = None
+                self.last_error = self.public_error = self.registry_error = None
                 log.info("serving %s version %s (was %s), loaded in %.1fs", name, version, previous,
                          time.perf_counter() - start)
                 return True
             except Exception as exc:  # noqa: BLE001 - keep serving the old model on any load failure
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.public_error = scrub(self.last_error)
+                if self.source.startswith("models:/"):
+                    self.registry_error = scrub(f"could not load version {version}: {self.last_error}")
                 log.error("could not load %s: %s; %s", self.source, self.last_error,
                           "keeping the served model" if self.current else "no model loaded yet")
                 return False
+
+    def _poll_answered(self) -> None:
+        if self.failed_polls:
+            log.warning("registry answers again after %d failed poll(s); checking %s", self.failed_polls, self.source)
+        self.last_poll_ok = time.time()
+        self.failed_polls = 0
+
+    def _poll_failed(self, exc: Exception) -> bool:
+        """The registry (or a local source) could not be read: keep what is served, log the first failure only."""
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        not_found = False
+        if self.source.startswith("models:/"):
+            from sora.registry import RegistryNotFound
+
+            not_found = isinstance(exc, RegistryNotFound)
+        if not_found:  # the registry answered: no such alias (yet)
+            self._poll_answered()
+            self.registry_error = None
+        else:
+            self.failed_polls += 1
+            self.registry_error = scrub(detail)
+        self.last_error, self.public_error = detail, scrub(detail)
+        served = f"keeping version {self.current.version}" if self.current else "no model loaded yet"
+        if not_found or self.failed_polls == 1:
+            log.error("could not resolve %s: %s; %s", self.source, detail, served)
+        else:  # one line per outage, not one per poll
+            log.debug("registry still unreachable (%d polls): %s", self.failed_polls, detail)
+        return False
 
     def start(self) -> None:
         """Load in the background now, then poll (``models:/…@alias`` sources only)."""
@@ -219,6 +273,28 @@ class ModelHolder:
     @property
     def ready(self) -> bool:
         return self.current is not None
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` reports: the served model and, for registry sources, the registry's state.
+
+        ``status`` is ``ok``, ``degraded`` (a model answers, but the registry did not at the last poll or
+        the version it names failed to load) or ``not ready`` (no model yet). Never a path or a URI.
+        """
+        loaded = self.current
+        out: dict[str, Any] = {"model": {"name": loaded.name, "version": loaded.version} if loaded else None,
+                               "swaps": self.swaps}
+        degraded = False
+        if self.source.startswith("models:/"):
+            last = self.last_poll_ok
+            degraded = self.registry_error is not None
+            out["registry"] = {
+                "status": "degraded" if degraded else ("ok" if last is not None else "unknown"),
+                "last_successful_poll": _iso(last) if last is not None else None,
+                "seconds_since_last_successful_poll": round(time.time() - last, 1) if last is not None else None,
+                "failed_polls": self.failed_polls, "poll_interval_s": self.poll_interval_s,
+                "error": self.registry_error}
+        out["status"] = "not ready" if loaded is None else "degraded" if degraded else "ok"
+        return out
 
     def require(self) -> Loaded:
         """The served model, or :class:`NotReady` (503) saying why there is none yet."""
@@ -488,6 +564,26 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+class HealthEndpoint:
+    """ASGI middleware answering ``GET /healthz`` with ``report()`` as JSON (BentoML's own is a bare liveness 200).
+
+    Always 200 while the process answers (liveness stays BentoML's ``/livez``; readiness ``/readyz``): the
+    body says whether the model is served and whether the registry is ``degraded``
+    (:meth:`ModelHolder.health`). ``report`` returning None (no service instance yet) is ``not ready``.
+    """
+
+    def __init__(self, app: Callable, report: Callable[[], dict[str, Any] | None], path: str = "/healthz"):
+        self.app = app
+        self.report = report
+        self.path = path
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and scope.get("path") == self.path:
+            await _send_json(send, 200, self.report() or {"status": "not ready", "model": None})
+            return
+        await self.app(scope, receive, send)
 
 
 # -------------------------------------------------------------------- process hygiene

@@ -14,6 +14,7 @@ from sora.recommender import Recommender
 from sora.serving_core import (
     ENDPOINTS,
     BadRequest,
+    HealthEndpoint,
     Limits,
     ModelHolder,
     NotFound,
@@ -267,6 +268,117 @@ def test_busy_port_is_reported():
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
     assert port_problem("127.0.0.1", free) is None
+
+
+# ------------------------------------------------------------------ a registry outage, with a fake registry
+
+class _FakeRegistry:
+    """``resolve_model_uri`` / ``load_version`` stand-ins: an alias that moves, a server that goes away."""
+
+    def __init__(self, model_dir):
+        self.model_dir, self.version, self.down, self.artifacts_down, self.loads = model_dir, "1", False, False, []
+
+    def resolve(self, tracking_uri, uri):
+        from sora.registry import RegistryUnreachable
+
+        if self.down:
+            raise RegistryUnreachable(f"cannot reach the registry at {tracking_uri}: ConnectionError")
+        return "sora", self.version, f"models:/sora/{self.version}"
+
+    def load(self, tracking_uri, uri):
+        if self.artifacts_down:
+            raise OSError("cannot download /tmp/mlartifacts/abc/model.safetensors: connection refused")
+        self.loads.append(uri)
+        return Recommender.load(self.model_dir)
+
+
+@pytest.fixture
+def fake_registry(model_dir, monkeypatch):
+    from sora import registry
+
+    fake = _FakeRegistry(model_dir)
+    monkeypatch.setattr(registry, "resolve_model_uri", fake.resolve)
+    monkeypatch.setattr(registry, "load_version", fake.load)
+    return fake
+
+
+def test_a_registry_outage_keeps_serving_reports_degraded_and_a_champion_promoted_meanwhile_is_picked_up(
+        fake_registry, caplog):
+    holder = ModelHolder("models:/sora@champion", "http://user:secret@mlflow.internal:5000", poll_interval_s=1)
+    assert holder.refresh()
+    health = holder.health()
+    assert health["status"] == "ok" and health["model"] == {"name": "sora", "version": "1"}
+    assert health["registry"]["status"] == "ok" and health["registry"]["failed_polls"] == 0
+    answered_at = health["registry"]["last_successful_poll"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", answered_at)
+
+    fake_registry.down = True
+    caplog.clear()
+    for _ in range(3):
+        assert not holder.refresh()
+        assert handle(holder, "recommend", {"user_id": "u1", "k": 3}, LIMITS)["model"]["version"] == "1"
+    assert holder.ready
+    health = holder.health()
+    assert health["status"] == "degraded" and health["model"]["version"] == "1"
+    reg = health["registry"]
+    assert reg["status"] == "degraded" and reg["failed_polls"] == 3 and reg["last_successful_poll"] == answered_at
+    assert "cannot reach the registry" in reg["error"] and reg["seconds_since_last_successful_poll"] >= 0
+    assert "secret" not in json.dumps(health) and "mlflow.internal:5000" in reg["error"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # one line per outage, not one per poll
+
+    fake_registry.down, fake_registry.version = False, "2"  # champion moved while we could not see it
+    assert holder.refresh()
+    health = holder.health()
+    assert health["status"] == "ok" and health["model"]["version"] == "2" and health["registry"]["status"] == "ok"
+    assert health["registry"]["last_successful_poll"] >= answered_at and holder.swaps == 1
+    assert fake_registry.loads == ["models:/sora/1", "models:/sora/2"]
+
+
+def test_a_version_whose_artifacts_cannot_be_read_keeps_the_served_one(fake_registry):
+    holder = ModelHolder("models:/sora@champion", "http://mlflow:5000")
+    assert holder.refresh()
+    fake_registry.version, fake_registry.artifacts_down = "2", True
+    assert not holder.refresh()
+    health = holder.health()
+    assert health["status"] == "degraded" and health["model"]["version"] == "1"
+    assert health["registry"]["error"].startswith("could not load version 2") and "/tmp" not in json.dumps(health)
+    assert handle(holder, "similar_items", {"item_id": "i1", "k": 2}, LIMITS)["model"]["version"] == "1"
+    fake_registry.artifacts_down = False
+    assert holder.refresh() and holder.health()["status"] == "ok" and holder.current.version == "2"
+
+
+def test_a_local_model_has_no_registry_in_its_health(holder):
+    health = holder.health()
+    assert health["status"] == "ok" and "registry" not in health and health["model"]["version"].startswith("sha256:")
+    assert ModelHolder("models:/sora@champion", "http://x:1").health() == {
+        "model": None, "swaps": 0, "status": "not ready",
+        "registry": {"status": "unknown", "last_successful_poll": None, "seconds_since_last_successful_poll": None,
+                     "failed_polls": 0, "poll_interval_s": 30.0, "error": None}}
+
+
+def test_health_endpoint_answers_healthz_only(holder):
+    sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    mw = HealthEndpoint(app, holder.health)
+    asyncio.run(mw({"type": "http", "method": "GET", "path": "/healthz", "headers": []}, receive, send))
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["status"] == "ok"
+    sent.clear()
+    asyncio.run(mw({"type": "http", "method": "GET", "path": "/livez", "headers": []}, receive, send))
+    assert sent[0]["status"] == 204
+    sent.clear()
+    asyncio.run(HealthEndpoint(app, lambda: None)({"type": "http", "method": "GET", "path": "/healthz",
+                                                   "headers": []}, receive, send))
+    assert json.loads(sent[1]["body"])["status"] == "not ready"
 
 
 # ------------------------------------------------------------------ the BentoML class itself, in-process
