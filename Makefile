@@ -9,11 +9,17 @@ DEMO   ?= .sora/demo
 
 venv: $(STAMP)
 
-# Reinstall when the dependency list changes; the project itself is installed editable.
-$(STAMP): pyproject.toml
+# Reinstall when the lock or the dependency list changes. requirements.lock pins every package (generated
+# from pyproject.toml, see its header; the images install the same versions); the project itself goes in
+# editable without resolving anything, and `pip check` fails the install when pyproject.toml asks for a
+# package the lock lacks (regenerate the lock).
+LOCK := requirements.lock
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade "pip>=24" >/dev/null
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps -e '.[dev]'
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
 demo: $(STAMP)
