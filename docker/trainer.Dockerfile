@@ -1,32 +1,46 @@
-# GPU trainer image: torch 2.2.1 + CUDA 12.1 (from the base image) and DGL 2.1 (graph building, on the CPU).
-#   docker build -f docker/trainer.Dockerfile -t ghcr.io/sora-ml/sora-trainer:0.1.0-cu121 .
-# The train component references it as $SORA_TRAINER_IMAGE; TrainJobs in k8s/ run `sora train` in it.
+# GPU trainer image: the pipeline's train step and the per-run TrainJobs (`sora train` under torchrun).
+#   docker build -f docker/trainer.Dockerfile --build-arg SORA_GIT_COMMIT="$(git rev-parse HEAD)" \
+#     -t ghcr.io/OWNER/sora-trainer:SHA .
+# CI (.github/workflows/images.yml) builds and pushes it by commit SHA; the pipeline takes its digest
+# ($SORA_TRAINER_IMAGE).
 #
-# What the GPU path needs: a CUDA build of torch, nothing more. DGL only builds the heterograph and its
-# normalisation, on the CPU; the message passing runs as torch sparse matmuls on the GPU (sora/gnn.py).
-# DGL's CUDA wheel (DGL_WHEELS) is preferred when its index is reachable; build with --build-arg DGL_WHEELS=
-# (empty) where only the package registry is, and the registry's CPU-only dgl wheel does the same job.
+# Python 3.11 from the base tag (pyproject.toml's requires-python; a CUDA base such as
+# pytorch/pytorch:2.2.1-cuda12.1-cudnn8-runtime ships conda Python 3.10 and cannot install Sora).
+# CUDA comes from the wheels: PyPI's torch 2.2.1 for Linux is the CUDA 12.1 build and pulls the
+# nvidia-*-cu12 runtime wheels; the node's driver is all the host adds. Every version comes from
+# requirements.lock, the lock `make venv` installs. DGL is PyPI's CPU-only 2.1.0, and that is enough:
+# it only builds the graph and its normalisation on the CPU, the message passing runs as torch sparse
+# matmuls on the GPU (sora/gnn.py).
 # GPU tier with this image (tests/ is not in the build context; mount it):
 #   docker run --gpus all -v "$PWD/tests:/opt/sora/tests:ro" --entrypoint python IMAGE -m pytest -m gpu -rs tests/test_gpu.py
-FROM pytorch/pytorch:2.2.1-cuda12.1-cudnn8-runtime
+FROM python:3.11-slim-bookworm
 
-ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HOME=/tmp/hf DGLBACKEND=pytorch
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 HF_HOME=/tmp/hf DGLBACKEND=pytorch
 
-# Pins from ENVIRONMENT.md: dgl 2.1 ships graphbolt libs for torch <= 2.2.1 and imports torchdata.datapipes
-# and setuptools.extern; torch 2.2 is built against numpy 1.x. torch itself stays the base image's CUDA build.
-ARG DGL_WHEELS=https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html
-RUN pip install "torch==2.2.1" "dgl==2.1.0" ${DGL_WHEELS:+-f "$DGL_WHEELS"} \
-    && pip install "torchdata==0.7.1" "setuptools<70" "numpy<2" "pytest>=8"
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/sora
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: pyproject.toml's dependencies plus pytest (for the GPU tier
+# above), every version from the lock.
+COPY requirements.lock pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/sora-deps.txt \
+    && pip install -c requirements.lock -r /tmp/sora-deps.txt pytest
 COPY sora ./sora
 COPY components ./components
 COPY pipelines ./pipelines
 COPY serving ./serving
-# torch and dgl are already satisfied above; the check fails the build if torch lost its CUDA build.
-RUN pip install . \
+# Sora itself, resolving nothing; the build fails if the lock missed a requirement or torch lost CUDA.
+RUN pip install --no-deps . && pip check \
     && python -c "import dgl, torch; assert torch.version.cuda, 'CPU-only torch'; print(dgl.__version__, torch.__version__, torch.version.cuda)"
+
+# The commit the image was built from (.git is not in the build context), read by sora.buildinfo.
+ARG SORA_GIT_COMMIT=""
+ARG SORA_GIT_TREE=""
+ENV SORA_GIT_COMMIT=${SORA_GIT_COMMIT} SORA_GIT_TREE=${SORA_GIT_TREE}
+LABEL org.opencontainers.image.revision=${SORA_GIT_COMMIT} \
+      org.opencontainers.image.source="https://github.com/sora-ml/sora"
 
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin sora
 USER 10001

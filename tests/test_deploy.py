@@ -446,8 +446,9 @@ def test_dockerfiles_are_well_formed(path):
     assert "USER" in keywords  # not root at run time
     for src in re.findall(r"^COPY (\S+)", text, re.M):
         assert (ROOT / src).exists(), src
-    if "trainer" in path:
-        assert "torch-2.2/cu121" in text and "2.2.1-cuda12.1" in text
+    # both images: Python 3.11 from the base tag, every dependency from the lock (tests/test_images.py)
+    assert keywords.count("FROM") == 1 and re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert "-c requirements.lock" in text
 
 
 def test_bentofile_and_requirements():
@@ -462,4 +463,4 @@ def test_images_can_run_what_the_manifests_start():
     MLflow's auth extra (Flask-WTF); the serving preStop hook needs `sleep` (any Debian-based image)."""
     deps = re.search(r"dependencies\s*=\s*\[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S).group(1)
     assert re.search(r"mlflow\[[^\]]*auth", deps)
-    assert re.search(r"pip install \.", (ROOT / "Dockerfile").read_text())
+    assert re.search(r"pip install (--no-deps )?\.", (ROOT / "Dockerfile").read_text())
