@@ -152,3 +152,103 @@ def test_promoting_a_version_that_does_not_exist_says_so(tmp_path, capsys):
     assert "sora version 999 does not exist" in err and "Traceback" not in err
     assert main(["registry", "rollback", "--tracking-uri", uri]) == 1
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ faults mid-registration (SQLite registry)
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tests.conftest import train_tiny_model
+
+    out = train_tiny_model(tmp_path_factory.mktemp("reg-faults") / "model", n_users=20, n_items=30)
+    return out, {"valid": {}, "test": {}, "model_hash": model_hash(str(out))}
+
+
+def _versions(uri, name):
+    return mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions(f"name='{name}'")
+
+
+def test_an_upload_that_fails_leaves_no_version_and_a_rerun_registers_once(tiny_model, tmp_path, monkeypatch):
+    import requests
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    model_dir, report = tiny_model
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = LocalArtifactRepository.log_artifacts
+
+    def store_goes_away(self, local_dir, artifact_path=None):
+        if (Path(local_dir) / "MLmodel").exists():  # the model's own upload, after the reports
+            raise requests.ConnectionError("HTTPConnectionPool(host='store', port=9000): Max retries exceeded")
+        return real(self, local_dir, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", store_goes_away)
+    with pytest.raises(registry.RegistryUnreachable) as info:
+        registry.log_and_register(uri, "sora", model_dir, report)
+    message = str(info.value)
+    assert message.startswith(f"cannot reach the registry at {uri} or its artifact store (registering the model)")
+    assert "\n" not in message and "ConnectionError" in message
+    assert _versions(uri, "sora") == []  # nothing half-registered
+    runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("sora").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", real)
+    done = registry.log_and_register(uri, "sora", model_dir, report)
+    assert done.version == "1" and not done.reused
+    assert registry.load_version(uri, "models:/sora@challenger").num_items == 30  # whole artifacts behind it
+    assert registry.log_and_register(uri, "sora", model_dir, report).reused
+    assert [str(v.version) for v in _versions(uri, "sora")] == ["1"]
+
+
+def test_a_fault_after_the_version_exists_is_finished_by_the_rerun(tiny_model, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_dir, report = tiny_model
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = MlflowClient.set_registered_model_alias
+
+    def server_gone(self, *args, **kwargs):
+        raise MlflowException("API request to http://mlflow:5000/api/2.0/mlflow/registered-models/alias failed "
+                              "with exception ConnectionError: Max retries exceeded")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", server_gone)
+    with pytest.raises(registry.RegistryUnreachable, match="cannot reach the registry at sqlite"):
+        registry.log_and_register(uri, "sora", model_dir, report)
+    (only,) = _versions(uri, "sora")
+    assert only.tags[registry.HASH_TAG] == report["model_hash"]  # created whole, with its hash, in one call
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    again = registry.log_and_register(uri, "sora", model_dir, report)
+    assert again.reused and again.version == str(only.version)
+    assert str(MlflowClient(uri).get_model_version_by_alias("sora", "challenger").version) == str(only.version)
+
+
+def test_a_retried_registration_that_created_two_versions_keeps_one(tiny_model, tmp_path, monkeypatch):
+    model_dir, report = tiny_model
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = mlflow.register_model
+
+    def answered_twice(*args, **kwargs):  # the first answer was lost and the client retried
+        real(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "register_model", answered_twice)
+    done = registry.log_and_register(uri, "sora", model_dir, report)
+    assert done.version == "1" and [str(v.version) for v in _versions(uri, "sora")] == ["1"]
+
+
+def test_a_promote_that_meets_an_outage_is_one_line(tmp_path, capsys, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from sora.cli import main
+
+    def server_gone(self, *args, **kwargs):
+        raise MlflowException("API request to http://mlflow:5000/api/2.0/mlflow/model-versions/get failed with "
+                              "exception ConnectTimeout: Max retries exceeded")
+
+    monkeypatch.setattr(MlflowClient, "get_model_version", server_gone)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["registry", "promote", "1", "--tracking-uri", uri]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sora:")]
+    assert len(err) == 1 and err[0].startswith(f"sora: error: cannot reach the registry at {uri}"), err
+    assert "model-versions/get" in err[0]

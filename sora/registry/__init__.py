@@ -9,17 +9,24 @@ Aliases: a new version gets ``challenger``. :func:`compare` scores the challenge
 ``champion`` and records the version it replaced as the tag ``previous_champion``, which
 :func:`rollback` follows. An unreachable server (:class:`RegistryUnreachable`) is told apart from a
 missing model, version or alias (:class:`RegistryNotFound`).
+
+Faults mid-operation (the server or its artifact store stops answering) end in one
+:class:`RegistryError` line naming the server, after MLflow's own bounded retries
+(``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``). :func:`log_and_register` uploads
+every artifact before it creates the version, and creates it with its content-hash tag in the same call,
+so a version never exists without its artifacts and a re-run finds it instead of adding another.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
@@ -52,6 +59,60 @@ class RegistryUnreachable(RegistryError):
 
 class RegistryNotFound(RegistryError):
     """The server answered, but the model, version or alias does not exist."""
+
+
+def _outage_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the server or its artifact store did not answer (not a bug of ours)."""
+    import requests
+    import urllib3
+
+    types: list[type[BaseException]] = [requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
+                                        TimeoutError]
+    try:
+        import botocore.exceptions
+
+        types += [botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError]
+    except ImportError:  # no S3 client installed: nothing of it can fail
+        pass
+    return tuple(types)
+
+
+def _as_registry_error(exc: BaseException, what: str, tracking_uri: str) -> RegistryError | None:
+    """``exc`` as one line naming the server, or None when it is not a registry or store failure."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        err = _mlflow_error(exc, what, tracking_uri)
+        if isinstance(err, RegistryUnreachable):
+            text = " ".join(str(exc).split())[:400] or type(exc).__name__
+            return RegistryUnreachable(f"cannot reach the registry at {tracking_uri} ({what}): {text}")
+        return err
+    if isinstance(exc, _outage_types()):
+        text = " ".join(str(exc).split())[:400]
+        return RegistryUnreachable(f"cannot reach the registry at {tracking_uri} or its artifact store ({what}): "
+                                   f"{type(exc).__name__}: {text}")
+    return None
+
+
+_F = TypeVar("_F")
+
+
+def _one_line_on_outage(what: str):
+    """Decorator: a registry or store failure inside ``fn(tracking_uri, ...)`` becomes one :class:`RegistryError`."""
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def inner(tracking_uri, *args, **kwargs):
+            try:
+                return fn(tracking_uri, *args, **kwargs)
+            except RegistryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - translated when it is an outage, re-raised otherwise
+                err = _as_registry_error(exc, what, tracking_uri or DEFAULT_TRACKING_URI)
+                if err is None:
+                    raise
+                raise err from exc
+        return inner  # type: ignore[return-value]
+    return wrap
 
 
 def check_reachable(tracking_uri: str, cfg: RegistryConfig | None = None) -> None:
@@ -135,15 +196,41 @@ class Registered:
 
 
 def _version_with_hash(client, model_name: str, model_hash: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        found = client.search_model_versions(f"name='{model_name}' and tags.`{HASH_TAG}` = '{model_hash}'")
-    except MlflowException:
-        return None
+    """The oldest version tagged with ``model_hash``, or None. An outage raises (it is not "no such version")."""
+    found = client.search_model_versions(f"name='{model_name}' and tags.`{HASH_TAG}` = '{model_hash}'")
     return min(found, key=lambda mv: int(mv.version)) if found else None
 
 
+def _create_version(client, model_name: str, model_uri: str, tags: dict[str, str], model_hash: str):
+    """Register ``model_uri`` (its artifacts already uploaded) with ``tags`` in the same call: the one commit point.
+
+    MLflow retries a request whose answer was lost, so one registration can create two versions; both
+    carry the content hash, and every one but the oldest is deleted (they hold the same artifacts).
+    """
+    import mlflow
+
+    mv = mlflow.register_model(model_uri, model_name, tags=tags)
+    if model_hash:
+        kept = _version_with_hash(client, model_name, model_hash)
+        if kept is not None and str(kept.version) != str(mv.version):
+            log.warning("%s v%s duplicates v%s (a retried registration): deleting it", model_name, mv.version,
+                        kept.version)
+            client.delete_model_version(model_name, str(mv.version))
+            return kept
+    return mv
+
+
+def _end_run_failed() -> None:
+    """Mark the active run FAILED if the server still answers; never mask the error that ended it."""
+    import mlflow
+
+    try:
+        mlflow.end_run("FAILED")  # forgets the run locally before it tells the server
+    except Exception as exc:  # noqa: BLE001 - the server is likely gone; the run stays RUNNING there
+        log.debug("could not mark the run failed: %s", exc)
+
+
+@_one_line_on_outage("registering the model")
 def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, eval_report: dict[str, Any],
                      extra_artifacts: dict[str, bytes] | None = None, run_name: str | None = None,
                      lineage: dict[str, Any] | None = None, cfg: RegistryConfig | None = None) -> Registered:
@@ -171,7 +258,10 @@ def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, 
                               reused=True)
     rec = Recommender.load(model_dir)
     exp_id = _experiment_id(client, tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+    build = {f"sora.build.{k}": v for k, v in build_info().items()}
+    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+    try:
+        mlflow.set_tags({"sora.data_fingerprint": rec.meta.get("data_fingerprint", ""), HASH_TAG: model_hash, **build})
         params = _flat(rec.config.to_dict())
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_params({"data_fingerprint": rec.meta.get("data_fingerprint"), "encoder_id": rec.meta.get("encoder_id"),
@@ -196,14 +286,16 @@ def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, 
             for name, data in (extra_artifacts or {}).items():
                 (Path(tmp) / name).write_bytes(data)
                 mlflow.log_artifact(str(Path(tmp) / name), "reports")
-        info = log_pyfunc(rec, model_dir, model_name)
-        version = str(info.registered_model_version)
-        build = {f"sora.build.{k}": v for k, v in build_info().items()}
-        mlflow.set_tags({"sora.model_version": version, "sora.data_fingerprint": rec.meta.get("data_fingerprint", ""),
-                         HASH_TAG: model_hash, **build})
-    version_tags = {**({HASH_TAG: model_hash} if model_hash else {}), **build}  # "dirty"/"unversioned" trees say so
-    for key, value in version_tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
+        # every artifact is uploaded before a version exists; the version is created with its hash tag
+        info = log_pyfunc(rec, model_dir, None)
+        version_tags = {**({HASH_TAG: model_hash} if model_hash else {}), **build}  # "dirty"/"unversioned" say so
+        mv = _create_version(client, model_name, info.model_uri, version_tags, model_hash)
+        version = str(mv.version)
+        mlflow.set_tag("sora.model_version", version)
+    except BaseException:
+        _end_run_failed()
+        raise
+    mlflow.end_run()
     client.set_registered_model_alias(model_name, cfg.challenger_alias, version)
     log.info("registered %s version %s (run %s) as %s", model_name, version, run.info.run_id, cfg.challenger_alias)
     return Registered(run.info.run_id, version, f"models:/{model_name}/{version}")
@@ -271,6 +363,7 @@ def _get_version(client, tracking_uri: str, name: str, version: str):
         raise _mlflow_error(exc, f"{name} version {version}", tracking_uri) from exc
 
 
+@_one_line_on_outage("resolving a model URI")
 def resolve_model_uri(tracking_uri: str | None, model_uri: str) -> tuple[str, str, str]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → (name, version, ``models:/NAME/VERSION``)."""
     import re
@@ -288,6 +381,7 @@ def resolve_model_uri(tracking_uri: str | None, model_uri: str) -> tuple[str, st
     raise ValueError(f"model URI must be models:/NAME@ALIAS or models:/NAME/VERSION, got {model_uri!r}")
 
 
+@_one_line_on_outage("downloading a model version")
 def load_version(tracking_uri: str, model_uri: str) -> Recommender:
     """Download a registered version (``models:/name/3`` or ``models:/name@champion``) and load it."""
     import mlflow
@@ -305,6 +399,7 @@ def load_version(tracking_uri: str, model_uri: str) -> Recommender:
         return Recommender.load(candidates[0].parent)
 
 
+@_one_line_on_outage("reading the champion's data source")
 def alias_data_source(tracking_uri: str, model_name: str, alias: str = "champion") -> str | None:
     """The data URI the version behind ``alias`` was trained on (its run's ``sora.data_source`` tag)."""
     client = _client(tracking_uri)
@@ -338,6 +433,7 @@ def aligned_scores(rec: Recommender, split: Split):
     return score
 
 
+@_one_line_on_outage("comparing challenger and champion")
 def compare(tracking_uri: str, model_name: str, challenger_version: str, rec: Recommender, split: Split,
             margin: float, cfg: RegistryConfig | None = None) -> Decision:
     """Score challenger ``rec`` and the champion on the challenger's ``split``; record the decision as tags."""
@@ -368,6 +464,7 @@ def compare(tracking_uri: str, model_name: str, challenger_version: str, rec: Re
     return decision
 
 
+@_one_line_on_outage("moving an alias")
 def promote(tracking_uri: str, model_name: str, version: str, alias: str = "champion") -> str | None:
     """Point ``alias`` at ``version``; remember the version it replaced. Returns that version."""
     client = _client(tracking_uri)
@@ -382,6 +479,7 @@ def promote(tracking_uri: str, model_name: str, version: str, alias: str = "cham
     return previous
 
 
+@_one_line_on_outage("rolling back an alias")
 def rollback(tracking_uri: str, model_name: str, alias: str = "champion") -> tuple[str, str]:
     """Move ``alias`` back to the version that held it before. Returns (from, to)."""
     client = _client(tracking_uri)
@@ -397,6 +495,7 @@ def rollback(tracking_uri: str, model_name: str, alias: str = "champion") -> tup
     return str(current.version), previous
 
 
+@_one_line_on_outage("listing versions")
 def show(tracking_uri: str, model_name: str) -> list[dict[str, Any]]:
     """Every version with its aliases, decision tags and test NDCG@10 (empty when the model has none)."""
     from mlflow.exceptions import MlflowException
