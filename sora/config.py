@@ -204,6 +204,13 @@ class TrainConfig:
     #: training, the item–item head's weight re-scaled with it (0 when valid prefers none). null = on
     #: exactly with causal training (next-item protocols, where order is what is asked); true / false force it.
     transition_head: bool | None = None
+    #: bf16 autocast of the training steps on CUDA (ignored on the CPU). Off by default: see
+    #: benchmarks/RESULTS.md for what it does to valid NDCG@10 and step time on a GPU.
+    amp: bool = False
+    #: Save the loop's whole state (weights, optimiser, random generators, early stopping) every this many
+    #: epochs beside the output (``<out>.checkpoint``), and resume from it when the same command runs again
+    #: (``sora.checkpoint``). 0 = off.
+    checkpoint_every: int = 1
 
 
 @dataclass
@@ -593,7 +600,7 @@ _LIMITS: dict[str, str] = {
                      "graph.item_knn_k", "graph.user_knn_k", "graph.cooccur_k", "graph.ease_k", "graph.ease_max_items",
                      "graph.ease_lambda_search_max_items", "graph.ease_neighbours", "graph.knn_exact_max_items",
                      "model.num_layers", "model.transformer_layers", "train.warmup_epochs", "train.min_epochs",
-                     "train.num_threads", "text.num_threads", "train.full_softmax_max_items", "serve.precompute_max_scores"], ">=0"),
+                     "train.num_threads", "text.num_threads", "train.checkpoint_every", "train.full_softmax_max_items", "serve.precompute_max_scores"], ">=0"),
     **dict.fromkeys(["serve.num_threads", "serve.explain_items"], ">=1"),
     **dict.fromkeys(["text.batch_size", "text.max_seq_length", "graph.knn_batch_size", "model.dim",
                      "model.history_len", "model.transformer_heads", "train.max_epochs", "train.batch_size",

@@ -66,6 +66,19 @@ class HistoryFusion(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out = nn.LayerNorm(dim)
 
+    def drop_key_bias_grad(self) -> None:
+        """Zero the gradient of the attention keys' bias (call after backward).
+
+        A key bias adds q·b to every key a query sees alike, which softmax cannot see: its gradient is
+        rounding noise, which AdamW would scale up to full-size steps (weights then drift apart between
+        devices, thread counts and ranks, with no effect on any output). It starts at zero and stays there.
+        """
+        d = self.position.weight.shape[1]
+        for layer in self.encoder.layers:
+            grad = layer.self_attn.in_proj_bias.grad
+            if grad is not None:
+                grad[d:2 * d] = 0
+
     def forward(self, user_token: torch.Tensor | None, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """user_token (B, D) or None (anonymous); items (B, L, D) newest first; mask (B, L) True where a real item."""
         b, n_hist, d = items.shape
@@ -178,6 +191,14 @@ class SoraModel(nn.Module):
         self.register_buffer("warm", warm_items.float()[:, None], persistent=False)  # (I, 1)
         self.text_in = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
         self.text_out = TextProjector(text_dim, cfg.dim) if cfg.use_text else None
+        if self.text_out is not None:
+            # A bias on the item vectors adds u·b to every item of a user alike, which no loss can see (softmax
+            # and BPR compare items of one user). Its gradient is pure rounding noise, which AdamW scales up to
+            # full-size steps: left learnable it drifts by ~lr a step, differently per device and thread count,
+            # shifting every score of a user (0.39 between CPU and CUDA) and the spread the head's weight is
+            # scaled to. Held at zero; kept as a parameter so saved models load either way.
+            nn.init.zeros_(self.text_out.proj.bias)
+            self.text_out.proj.bias.requires_grad_(False)
         self.fusion = (HistoryFusion(cfg.dim, cfg.history_len, cfg.transformer_layers, cfg.transformer_heads,
                                      cfg.dropout, causal, cfg.position_std) if cfg.use_transformer else None)
         self.graph_encoder = graph_encoder

@@ -202,18 +202,33 @@ def load_embeddings(uri: str):
 # ------------------------------------------------------------------------------------------ train
 
 def train(prepared: Prepared, embeddings_uri: str | None, cfg: SoraConfig, model_uri: str,
-          curves_html: str | None = None, progress: bool = True, write: bool = True):
-    """Graph + GNN-Transformer training on the prepared split; saves the model directory at ``model_uri``."""
+          curves_html: str | None = None, progress: bool = True, write: bool = True,
+          checkpoint_uri: str | None = None):
+    """Graph + GNN-Transformer training on the prepared split; saves the model directory at ``model_uri``.
+
+    With ``train.checkpoint_every`` > 0 the loop checkpoints under ``checkpoint_uri`` (default
+    ``<model_uri>.checkpoint``) and the same call resumes from there after a kill; the checkpoint is
+    removed once the model is written.
+    """
+    from sora.checkpoint import Checkpointer
+    from sora.checkpoint import checkpoint_uri as default_checkpoint_uri
     from sora.plots import training_curves_html
     from sora.train import train_model
 
     emb = load_embeddings(embeddings_uri) if (cfg.model.use_text and embeddings_uri) else None
-    result = train_model(prepared.split, emb, prepared.items, cfg, prepared.user_edges, progress=progress)
+    checkpoint = None
+    if cfg.train.checkpoint_every > 0:  # a preempted step resumes: run the same command again
+        checkpoint = Checkpointer(checkpoint_uri or default_checkpoint_uri(model_uri), "",
+                                  cfg.train.checkpoint_every, writer=write)
+    result = train_model(prepared.split, emb, prepared.items, cfg, prepared.user_edges, progress=progress,
+                         checkpoint=checkpoint)
     result.recommender.meta["data_source"] = prepared.source
     if write:
         save_model(result.recommender, model_uri)
         if curves_html:
             storage.write_text(curves_html, training_curves_html(result.history))
+        if checkpoint is not None:
+            checkpoint.clear()  # the model is written whole: nothing left to resume
     return result
 
 

@@ -13,6 +13,7 @@ Deterministic on CPU for a seed (torch, numpy and DGL seeded). The device comes 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sora.checkpoint import Checkpointer, fingerprint
 from sora.config import GraphConfig, SoraConfig
 from sora.data import Dataset
 from sora.protocol import sequences
@@ -121,26 +123,37 @@ def tuning_trials(cfg: SoraConfig) -> list[list[str]]:
 
 def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
                 user_edges_df: pd.DataFrame | None = None, progress: bool = True,
-                prepared: Prepared | None = None) -> TrainResult:
+                prepared: Prepared | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     """Train Sora on ``split`` and return the fitted recommender with its per-epoch history.
 
     With a ``tune.grid``, trains once per combination and returns the one with the best valid NDCG@10
     (the first of equals); its config carries the chosen values and ``meta["tuning"]`` every trial.
-    ``prepared`` reuses a :class:`Prepared` built earlier for the same split and config.
+    ``prepared`` reuses a :class:`Prepared` built earlier for the same split and config. ``checkpoint``:
+    where each trial's loop saves its state and resumes from (:mod:`sora.checkpoint`); a finished trial's
+    last checkpoint lets a restarted run skip its epochs.
     """
     start = time.perf_counter()
     cfg = cfg.resolved()  # null AUTO keys take their training mode's values, saved with the model
     trials = tuning_trials(cfg)
+
+    def trial_checkpoint(n: int, trial_cfg: SoraConfig) -> Checkpointer | None:
+        if checkpoint is None or trial_cfg.train.checkpoint_every <= 0:
+            return None
+        return checkpoint.for_trial(n, fingerprint(dataclasses.asdict(trial_cfg), split.spec.__dict__))
+
     if len(trials) == 1:
-        return _train_once(split, embeddings, items, cfg.with_overrides(trials[0]), user_edges_df, progress, prepared)
+        one = cfg.with_overrides(trials[0])
+        return _train_once(split, embeddings, items, one, user_edges_df, progress, prepared,
+                           checkpoint=trial_checkpoint(1, one))
     shared = all(o.split("=", 1)[0] in _SHARES_PREPARATION for o in trials[0])
     best: TrainResult | None = None
     report = []
     prepared = prepared if shared else None  # a caller's preparation fits trials that do not change it
     for n, overrides in enumerate(trials, 1):
         log.info("tuning on valid, trial %d/%d: %s", n, len(trials), " ".join(overrides))
-        res = _train_once(split, embeddings, items, cfg.with_overrides(overrides), user_edges_df, progress,
-                          prepared, keep_prepared=shared)
+        trial_cfg = cfg.with_overrides(overrides)
+        res = _train_once(split, embeddings, items, trial_cfg, user_edges_df, progress, prepared,
+                          keep_prepared=shared, checkpoint=trial_checkpoint(n, trial_cfg))
         prepared, res.prepared = res.prepared, None
         report.append({"overrides": overrides, "valid_ndcg@10": res.valid.get("ndcg@10", 0.0),
                        "best_epoch": res.best_epoch, "seconds": round(res.seconds, 1)})
@@ -158,7 +171,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
 
 def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
                 user_edges_df: pd.DataFrame | None, progress: bool, prepared: Prepared | None,
-                keep_prepared: bool = False) -> TrainResult:
+                keep_prepared: bool = False, checkpoint: Checkpointer | None = None) -> TrainResult:
     start = time.perf_counter()
     tc = cfg.train  # resolved by train_model
     device = resolve_device(tc.device)  # an impossible device fails here, before any work
@@ -170,7 +183,7 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     prep = prepared or prepare_training(split, embeddings, items, cfg, device, user_edges_df)
     model = build_model(prep, cfg)
     with deterministic(device):  # the same seed gives the same model on the CPU, run after run
-        loop = run_epochs(model, prep, cfg, progress)
+        loop = run_epochs(model, prep, cfg, progress, checkpoint=checkpoint)
     rec = fit(model, prep, prep.ii)
     if loop.head_weight is not None:
         trained_head(rec, prep, loop.head_weight)

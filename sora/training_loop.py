@@ -13,6 +13,7 @@ Letters: B batch, U users, I items, L history length, D dim.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from sora.checkpoint import Checkpointer
 from sora.config import SoraConfig, TrainConfig
-from sora.metrics import evaluate_scores
+from sora.metrics import DeviceRanker, evaluate_scores
 from sora.model import SoraModel
 from sora.recommender import Recommender
 from sora.selection import BestEpoch
@@ -56,17 +58,27 @@ def trained_head(rec: Recommender, prep: Prepared, alpha: float) -> Recommender:
 
 
 def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool = True,
-               max_steps: int | None = None) -> LoopResult:
+               max_steps: int | None = None, checkpoint: Checkpointer | None = None) -> LoopResult:
     """Train ``model`` on ``prep`` until ``train.max_epochs`` or early stopping; loads the best epoch's weights.
 
-    ``max_steps`` (benchmarks) stops each epoch after that many optimiser steps.
+    ``max_steps`` (benchmarks) stops each epoch after that many optimiser steps. ``checkpoint``: every
+    ``train.checkpoint_every`` epochs the loop's whole state is saved there, and a run that finds one
+    resumes from it (``resumed from epoch N``) and ends with the model an uninterrupted run gives.
+
+    Everything a step reads is on the training device before the first step (pairs or windows,
+    histories, negatives, logQ); the random draws come from one CPU generator, so CPU and CUDA consume
+    the same streams, but each epoch's permutation moves to the device in one copy. The loss is summed
+    on the device and read once an epoch, and valid users are ranked on the device
+    (:class:`~sora.metrics.DeviceRanker`): on CUDA no step waits on the host.
     """
     cfg = cfg.resolved()
     tc = cfg.train
     device = prep.device
-    pu, pi = prep.pairs
+    pu, pi = (t.to(device) for t in prep.pairs)
+    windows = None if prep.windows is None else tuple(t.to(device) for t in prep.windows)
     num_items = prep.split.num_items
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     head = prep.head_term  # train.head_in_loss: the head's weight is learned (log scale, no weight decay)
     log_gain = None
     if head is not None:
@@ -77,59 +89,132 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
     split = prep.split
     candidates = split.cold_valid_items if split.spec.mode == "cold-item" else None
     vu, vi = split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
-    # full-softmax negatives: the warm items (None: all of them), moved to the device once, not per step
+    # the dot product alone is ranked on the device; the learned head (head_in_loss) goes through the Recommender
+    ranker = (DeviceRanker(vu, vi, num_items, (10, 20), device, exclude=prep.x_train, candidates=candidates,
+                           batch_size=cfg.eval.batch_size) if log_gain is None else None)
+    # full-softmax negatives: the warm items (None: all of them), on the device once, not per step
     negatives = None if bool(prep.warm.all()) else prep.warm.to(device)
     best = BestEpoch(tc)
     history: list[dict[str, Any]] = []
-    bar = tqdm(range(1, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if tc.amp and device.type == "cuda"
+           else contextlib.nullcontext())
     # causal training steps over windows of L next-item targets: about train.batch_size targets a step
-    rows, batch = ((len(prep.windows[0]), max(1, tc.batch_size // cfg.model.history_len)) if prep.windows is not None
+    rows, batch = ((len(windows[0]), max(1, tc.batch_size // cfg.model.history_len)) if windows is not None
                    else (len(pu), tc.batch_size))
-    for epoch in bar:
+    start = 1
+    state = checkpoint.latest() if checkpoint is not None else None
+    if state is not None:
+        start = restore(state, model, opt, log_gain, gen, best, device) + 1
+        history = state["history"]
+        # said at warning level: a person running `sora train` without -v should see a run was resumed
+        log.warning("resumed from epoch %d (%s)", start - 1, checkpoint.uri)
+    stop = state is not None and state.get("stopped", False)
+    bar = tqdm(range(start, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0,
+               initial=start - 1, total=tc.max_epochs)
+    for epoch in ([] if stop else bar):
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(rows, generator=gen)
-        total, steps = 0.0, 0
-        for s in range(0, len(order) - world + 1, batch):
+        order = torch.randperm(rows, generator=gen).to(device, non_blocking=True)
+        total, steps = torch.zeros((), device=device), 0
+        for s in range(0, rows - world + 1, batch):
             idx = order[s:s + batch][rank::world]  # data parallel: each rank its share of the batch
-            if prep.windows is not None:
-                loss = window_loss(model, prep, *(t[idx].to(device) for t in prep.windows), tc, gen, negatives,
-                                   idx=idx.to(device), log_gain=log_gain)
-            else:
-                loss = step_loss(model, prep, pu[idx].to(device), pi[idx].to(device), num_items, tc, gen,
-                                 negatives=negatives)
+            with amp:
+                if windows is not None:
+                    loss = window_loss(model, prep, *(t[idx] for t in windows), tc, gen, negatives, idx=idx,
+                                       log_gain=log_gain)
+                else:
+                    loss = step_loss(model, prep, pu[idx], pi[idx], num_items, tc, gen, negatives=negatives)
             opt.zero_grad()
-            loss.backward()
+            # a rank's mean loss weighs by its share of the batch, so the averaged gradient is the whole batch's
+            (loss * (len(idx) * world / min(batch, rows - s)) if world > 1 else loss).backward()
+            if model.fusion is not None:
+                model.fusion.drop_key_bias_grad()
             if world > 1:
                 average_gradients(model, world, log_gain)
             opt.step()
-            total += float(loss)
+            total += loss.detach().float()
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 break
-        record = {"epoch": epoch, "loss": total / max(steps, 1), "epoch_seconds": time.perf_counter() - t0,
+        record = {"epoch": epoch, "loss": float(total) / max(steps, 1), "epoch_seconds": time.perf_counter() - t0,
                   "steps": steps}
         if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
             t1 = time.perf_counter()
-            rec = (fit(model, prep, None) if log_gain is None else  # the logits' gain · head = alpha · head / T
-                   trained_head(fit(model, prep, prep.ii), prep, float(log_gain.exp()) * tc.temperature))
-            metrics = evaluate_scores(partial(rec.score_users, alpha=rec.alpha), vu, vi, num_items, (10, 20),
-                                      exclude=prep.x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
+            if ranker is not None:
+                metrics = ranker.evaluate(dot_scores(model, prep))
+            else:  # the logits' gain · head = alpha · head / T
+                rec = trained_head(fit(model, prep, prep.ii), prep, float(log_gain.exp()) * tc.temperature)
+                metrics = evaluate_scores(partial(rec.score_users, alpha=rec.alpha), vu, vi, num_items, (10, 20),
+                                          exclude=prep.x_train, candidates=candidates,
+                                          batch_size=cfg.eval.batch_size)
+                record["head_weight"] = rec.alpha
             record.update({f"valid_{k}": v for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "recall@20")})
             record["eval_seconds"] = time.perf_counter() - t1
-            if log_gain is not None:
-                record["head_weight"] = rec.alpha
             best.update(epoch, metrics["ndcg@10"], model.state_dict())
             bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
         history.append(record)
         log.debug("epoch %s", record)
-        if best.should_stop(epoch):
+        stop = best.should_stop(epoch)
+        if checkpoint is not None and checkpoint.due(epoch, stop or epoch == tc.max_epochs):
+            checkpoint.save(epoch, snapshot(model, opt, log_gain, gen, best, history, stop))
+        if stop:
             log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best.epoch, best.metric)
             break
     bar.close()
     if best.state is not None:
         model.load_state_dict(best.state)
     return LoopResult(history, best)
+
+
+def snapshot(model: SoraModel, opt: torch.optim.Optimizer, log_gain: torch.Tensor | None, gen: torch.Generator,
+             best: BestEpoch, history: list[dict[str, Any]], stopped: bool) -> dict[str, Any]:
+    """The loop's whole state after an epoch (what :func:`restore` puts back), for a checkpoint."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "log_gain": None if log_gain is None else log_gain.detach().cpu(),
+            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(), "best": (best.metric, best.epoch, best.state),
+            "history": history, "stopped": stopped}
+
+
+def restore(state: dict[str, Any], model: SoraModel, opt: torch.optim.Optimizer, log_gain: torch.Tensor | None,
+            gen: torch.Generator, best: BestEpoch, device: torch.device) -> int:
+    """Put a :func:`snapshot` back; returns the epoch it was taken after."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
+    if log_gain is not None and state["log_gain"] is not None:
+        with torch.no_grad():
+            log_gain.copy_(state["log_gain"].to(device))
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    np.random.set_state(state["numpy_rng"])
+    best.metric, best.epoch, best.state = state["best"]
+    return int(state["epoch"])
+
+
+@torch.no_grad()
+def dot_scores(model: SoraModel, prep: Prepared):
+    """Device user indices (B,) → (B, I) dot-product scores of the current weights, on the training device.
+
+    The same vectors :func:`fit` freezes (eval mode, the histories as serving sees them), computed for the
+    batch's users only.
+    """
+    was_training = model.training
+    model.eval()
+    g_user, g_item = model.propagate(prep.graph, prep.text)
+    item_vecs = model.item_vectors(g_item, prep.text)
+    causal = prep.windows is not None and model.fusion is not None
+    model.train(was_training)
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        uv = model.user_vectors(None if causal else g_user[users], prep.hist[users], prep.hmask[users], g_item)
+        model.train(was_training)
+        return uv @ item_vecs.T
+
+    return score
 
 
 def distributed() -> tuple[int, int]:
@@ -142,21 +227,27 @@ def distributed() -> tuple[int, int]:
 
 
 def average_gradients(model: torch.nn.Module, world: int, extra: torch.Tensor | None = None) -> None:
-    """All-reduce and average gradients, so every rank takes the same optimiser step.
+    """Average gradients across ranks in one bucketed all-reduce, so every rank takes the same optimiser step.
 
-    This is what DistributedDataParallel does after backward; Sora's forward is several calls around
-    one full-graph propagation, so the reduction is done explicitly rather than through DDP's hooks.
-    A parameter a rank did not use this step contributes zeros, keeping every rank in the collective.
+    What DistributedDataParallel does after backward, as one flat buffer: Sora's forward is several
+    calls around one full-graph propagation, so the reduction is done explicitly rather than through
+    DDP's hooks, but one collective a step rather than one per parameter (latency, not bandwidth, is
+    what a step of many small tensors pays across nodes). A parameter a rank did not use this step
+    contributes zeros, keeping every rank in the collective with one buffer layout.
     """
     import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-    for p in [*model.parameters(), *([] if extra is None else [extra])]:
-        if not p.requires_grad:
-            continue
+    params = [p for p in [*model.parameters(), *([] if extra is None else [extra])] if p.requires_grad]
+    for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad /= world
+    grads = [p.grad for p in params]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(reduced)
 
 
 def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
@@ -246,12 +337,18 @@ def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log
 def batch_user_vectors(model: SoraModel, g_user, g_item, hist, hmask, u, i, gen) -> torch.Tensor:
     """User vectors for the batch's (user, target) pairs; the target is never among its own history tokens.
 
-    Pairs whose target lies outside the user's history window share one Transformer pass per distinct
-    user (far fewer than pairs); pairs whose target is inside it get their own pass with that token masked.
+    On the CPU, pairs whose target lies outside the user's history window share one Transformer pass per
+    distinct user (far fewer than pairs); pairs whose target is inside it get their own pass with that
+    token masked. On a GPU every pair gets its own pass (no host sync; the arithmetic is cheap there).
     """
     if model.fusion is None:
         return g_user[u]
     anonymous = model.cfg.anonymous_prob > 0 and bool(torch.rand((), generator=gen) < model.cfg.anonymous_prob)
+    if u.device.type != "cpu":
+        # On an accelerator, one pass per pair with its target masked out of its own history: the same
+        # vectors as below, without the data-dependent shapes (nonzero, unique) that make the host wait.
+        mask = hmask[u] & (hist[u] != i[:, None])
+        return model.user_vectors(None if anonymous else g_user[u], hist[u], mask, g_item)
     inside = ((hist[u] == i[:, None]) & hmask[u]).any(1)
     out = torch.zeros(len(u), g_user.shape[1], device=g_user.device)
     rest = torch.nonzero(~inside).squeeze(1)
