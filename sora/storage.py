@@ -6,7 +6,16 @@ an S3-compatible server); nothing here reads them itself.
 
 Writes go through a temporary name and are renamed into place, so a failed stage never leaves a
 half-written artifact where a good one was. A local rename is atomic; an object store has no rename,
-so a directory is uploaded under a temporary prefix and moved only once every file is there.
+so a directory is uploaded under a temporary prefix and moved only once every file is there, with a
+marker object (:data:`INCOMPLETE`) at the target while it changes: a store that goes away mid-move
+leaves the marker, and :func:`local_dir` refuses such a directory in one line until a re-run completes
+it. A single object is one PUT, whole or absent.
+
+A store that stops answering fails in bounded time: S3 clients get a connect and a read timeout
+(``SORA_S3_CONNECT_TIMEOUT_S``, default 5; ``SORA_S3_READ_TIMEOUT_S``, default 60) and botocore's own
+retries with backoff (``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` when set, else 2 attempts, ``standard``);
+every operation issued here (GET, HEAD, LIST, whole-object PUT, COPY, DELETE) is idempotent, so a
+retried one cannot do harm. s3fs's own retry loop is switched off, so the two do not multiply.
 """
 
 from __future__ import annotations
@@ -24,6 +33,23 @@ log = logging.getLogger(__name__)
 
 #: Short connect timeout and bounded retries for S3, so an unreachable store fails in seconds.
 S3_CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}}
+#: Present at a directory's URI while :func:`put_dir` changes it; a directory holding it is incomplete.
+INCOMPLETE = ".sora-incomplete"
+
+
+def s3_client_config(env: dict[str, str] | None = None) -> dict:
+    """botocore ``Config`` arguments: :data:`S3_CLIENT_CONFIG` with the timeouts and retries the environment sets."""
+    env = os.environ if env is None else env
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in S3_CLIENT_CONFIG.items()}
+    for key, var in (("connect_timeout", "SORA_S3_CONNECT_TIMEOUT_S"), ("read_timeout", "SORA_S3_READ_TIMEOUT_S")):
+        if env.get(var):
+            try:
+                config[key] = float(env[var])
+            except ValueError:
+                raise StorageError(f"{var}={env[var]!r} is not a number of seconds") from None
+    if env.get("AWS_MAX_ATTEMPTS") or env.get("AWS_RETRY_MODE"):
+        del config["retries"]  # botocore reads its own standard variables when the config leaves retries out
+    return config
 
 
 class StorageError(Exception):
@@ -48,14 +74,17 @@ def _fs(uri: str):
     scheme = uri.split("://", 1)[0]
     options = {}
     if scheme in ("s3", "s3a"):
-        options = {"config_kwargs": dict(S3_CLIENT_CONFIG), "skip_instance_cache": True}
+        options = {"config_kwargs": s3_client_config(), "skip_instance_cache": True}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:  # s3fs predates botocore's AWS_ENDPOINT_URL support; pass the standard variable on
             options["client_kwargs"] = {"endpoint_url": endpoint}
     try:
-        return fsspec.core.url_to_fs(uri, **options)
+        fs, path = fsspec.core.url_to_fs(uri, **options)
     except ImportError as exc:
         raise StorageError(f"{uri}: no filesystem for {scheme}:// is installed ({exc})") from exc
+    if scheme in ("s3", "s3a"):
+        fs.retries = 1  # botocore retries (with backoff); s3fs's loop on top would multiply every timeout
+    return fs, path
 
 
 def _explain(uri: str, action: str, exc: BaseException) -> StorageError:
@@ -153,6 +182,8 @@ def local_dir(uri: str) -> Iterator[Path]:
             fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
         except Exception as exc:  # noqa: BLE001
             raise _explain(uri, "download", exc) from exc
+        if (Path(tmp) / INCOMPLETE).exists():
+            raise StorageError(f"{uri} is incomplete: an upload to it was interrupted; re-run the step that writes it")
         yield Path(tmp)
 
 
@@ -202,19 +233,44 @@ def output_dir(uri: str) -> Iterator[Path]:
 
 
 def put_dir(local: Path, uri: str) -> None:
-    """Upload the directory ``local`` to ``uri``: under a temporary prefix first, then moved into place."""
+    """Upload the directory ``local`` to ``uri``: under a temporary prefix first, then moved into place.
+
+    The move is marked: :data:`INCOMPLETE` is written at ``uri`` before its first object changes and
+    removed after the last, so an interrupted move is never read as a whole directory. A re-run
+    completes the target and removes staging prefixes that interrupted runs left beside it.
+    """
     fs, path = _fs(uri)
     path = path.rstrip("/")
     staging = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    marker = f"{path}/{INCOMPLETE}"
     try:
         fs.put(str(local).rstrip("/") + "/", staging + "/", recursive=True)
-        staged = fs.find(staging)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        staged = [k for k in fs.find(staging) if not k.endswith("/" + INCOMPLETE)]
+        fs.pipe_file(marker, b"an upload to this directory has not finished\n")
+        fs.invalidate_cache(path)
+        before = set(fs.find(path))
+        moved = set()
         for key in staged:  # per object: a store's recursive move also tries to copy "directory" keys
-            fs.copy(key, path + key[len(staging):])
-        fs.rm(staging, recursive=True)
+            target = path + key[len(staging):]
+            fs.copy(key, target)
+            moved.add(target)
+        stale = sorted(before - moved - {marker})
+        if stale:
+            fs.rm(stale)
+        fs.rm_file(marker)
     except Exception as exc:  # noqa: BLE001
-        with contextlib.suppress(Exception):
-            fs.rm(staging, recursive=True)
+        if not _unreachable(exc):  # a store that does not answer would only add its timeouts here
+            with contextlib.suppress(Exception):
+                fs.rm(staging, recursive=True)
         raise _explain(uri, "upload to", exc) from exc
+    fs.invalidate_cache()
+    leftovers = [p for p in fs.glob(f"{path}.tmp-*") if p.rstrip("/") != staging] + [staging]
+    with contextlib.suppress(Exception):  # the target is whole; staging left behind is only clutter
+        fs.rm([p for p in leftovers if fs.exists(p)], recursive=True)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` says the store did not answer (connection refused, timed out, dropped)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                         "TimeoutError", "HTTPClientError", "ConnectionClosedError", "FSTimeoutError"})
