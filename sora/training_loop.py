@@ -233,21 +233,25 @@ def average_gradients(model: torch.nn.Module, world: int, extra: torch.Tensor | 
     calls around one full-graph propagation, so the reduction is done explicitly rather than through
     DDP's hooks, but one collective a step rather than one per parameter (latency, not bandwidth, is
     what a step of many small tensors pays across nodes). A parameter a rank did not use this step
-    contributes zeros, keeping every rank in the collective with one buffer layout.
+    contributes zeros (one buffer layout on every rank); one that no rank used keeps no gradient.
     """
     import torch.distributed as dist
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
     params = [p for p in [*model.parameters(), *([] if extra is None else [extra])] if p.requires_grad]
+    used = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     grads = [p.grad for p in params]
-    flat = _flatten_dense_tensors(grads)
+    flat = _flatten_dense_tensors([*grads, used])  # which parameters any rank used rides along
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world
-    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(reduced)
+    *reduced, used = _unflatten_dense_tensors(flat, [*grads, used])
+    for p, g, r, n in zip(params, grads, reduced, used.tolist(), strict=True):
+        if n == 0:  # no rank used it this step: no gradient, as in one process (AdamW then leaves it alone)
+            p.grad = None
+        else:
+            g.copy_(r / world)
 
 
 def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
@@ -334,17 +338,19 @@ def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log
     return F.cross_entropy(logits.masked_fill_(dup, -torch.inf), torch.arange(len(i), device=i.device))
 
 
-def batch_user_vectors(model: SoraModel, g_user, g_item, hist, hmask, u, i, gen) -> torch.Tensor:
+def batch_user_vectors(model: SoraModel, g_user, g_item, hist, hmask, u, i, gen,
+                       per_pair: bool | None = None) -> torch.Tensor:
     """User vectors for the batch's (user, target) pairs; the target is never among its own history tokens.
 
     On the CPU, pairs whose target lies outside the user's history window share one Transformer pass per
     distinct user (far fewer than pairs); pairs whose target is inside it get their own pass with that
-    token masked. On a GPU every pair gets its own pass (no host sync; the arithmetic is cheap there).
+    token masked. On a GPU every pair gets its own pass (no host sync; the arithmetic is cheap there);
+    ``per_pair`` forces either way (tests).
     """
     if model.fusion is None:
         return g_user[u]
     anonymous = model.cfg.anonymous_prob > 0 and bool(torch.rand((), generator=gen) < model.cfg.anonymous_prob)
-    if u.device.type != "cpu":
+    if per_pair if per_pair is not None else u.device.type != "cpu":
         # On an accelerator, one pass per pair with its target masked out of its own history: the same
         # vectors as below, without the data-dependent shapes (nonzero, unique) that make the host wait.
         mask = hmask[u] & (hist[u] != i[:, None])

@@ -48,3 +48,25 @@ def test_evaluate_scores_groups_pairs_by_user():
     scores = torch.tensor([[0.9, 0.8, 0.1], [0.1, 0.2, 0.9]])
     m = evaluate_scores(lambda u: scores[torch.as_tensor(u)], np.array([1, 0, 0]), np.array([2, 0, 2]), 3, ks=(1,))
     assert m["hit@1"] == pytest.approx(1.0) and m["recall@1"] == pytest.approx(0.75)
+
+
+def test_device_ranker_gives_evaluate_scores_numbers():
+    """The on-device ranking (training's valid metric) is the host ranking, to the digit, with exclusions,
+    candidates, duplicate ground truth and batches that split the users."""
+    from sora.metrics import DeviceRanker
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 37, 53
+    scores = torch.from_numpy(rng.standard_normal((n_users, n_items)).astype(np.float32))
+    scores[:, 5] = scores[:, 6]  # ties
+    eu = rng.integers(0, n_users, 90)
+    ei = rng.integers(0, n_items, 90)
+    eu, ei = np.r_[eu, eu[:3]], np.r_[ei, ei[:3]]  # duplicate pairs count once
+    ex = sp.random(n_users, n_items, density=0.2, random_state=1, format="csr")
+    for cand in (None, np.sort(rng.choice(n_items, 20, replace=False))):
+        ref = evaluate_scores(lambda b: scores[torch.as_tensor(b)], eu, ei, n_items, (10, 20), exclude=ex,
+                              candidates=cand, batch_size=7)
+        ranker = DeviceRanker(eu, ei, n_items, (10, 20), torch.device("cpu"), exclude=ex, candidates=cand,
+                              batch_size=7)
+        got = ranker.evaluate(lambda b: scores[b])
+        assert got == ref

@@ -320,3 +320,61 @@ def test_cooccurrence_blocks_agree_with_one_shot():
             kept = w[s == item]
             assert len(kept) == min(4, (row > 0).sum())
             assert (np.sort(kept)[::-1] == np.sort(row)[::-1][: len(kept)]).all()
+
+
+def test_training_is_the_same_on_one_thread_and_two():
+    """The CPU stand-in for the GPU tier's check: a different summation order (thread count here, the
+    device there) changes the scores only by rounding. Unidentifiable parameters (the item vectors' bias,
+    the attention keys' bias) used to random-walk on rounding noise under AdamW and shift every score of a
+    user by up to 0.39; they are held at zero and stay there."""
+    import torch
+
+    from sora.config import SoraConfig
+    from sora.text import HashEncoder
+    from sora.train import prepare, train_model
+    from tests.conftest import make_dataset
+
+    ds = make_dataset(n_users=60, n_items=120)
+    cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "train.max_epochs=3",
+                                       "train.batch_size=128", "model.dropout=0.0", "graph.item_knn_k=3",
+                                       "model.history_len=4", "train.device=cpu", "train.checkpoint_every=0"])
+    before = torch.get_num_threads()
+    recs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+            recs.append(train_model(split, emb, ds.items, cfg, progress=False).recommender)
+    finally:
+        torch.set_num_threads(before)
+    a, b = recs
+    users = np.arange(a.num_users)
+    torch.testing.assert_close(a.score_users(users, alpha=0.0), b.score_users(users, alpha=0.0), rtol=0, atol=1e-4)
+    assert float(a.model.text_out.proj.bias.abs().max()) == 0.0
+    d = a.model.cfg.dim
+    for layer in a.model.fusion.encoder.layers:
+        assert float(layer.self_attn.in_proj_bias[d:2 * d].abs().max()) == 0.0
+
+
+def test_per_pair_user_vectors_equal_the_shared_pass():
+    """The accelerator path (a pass per pair, no host sync) gives the CPU path's vectors (a pass per user
+    whose target is outside its history), targets inside the history masked out alike."""
+    import torch
+
+    from sora.config import ModelConfig
+    from sora.model import SoraModel
+    from sora.training_loop import batch_user_vectors
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=16, history_len=4, dropout=0.0, anonymous_prob=0.0, use_text=False, transformer_layers=1)
+    model = SoraModel(cfg, 30, 40, 0, torch.ones(40, dtype=torch.bool))
+    g_user, g_item = torch.randn(30, 16), torch.randn(40, 16)
+    hist = torch.randint(0, 40, (30, 4))
+    hmask = torch.rand(30, 4) > 0.3
+    u = torch.randint(0, 30, (200,))
+    i = torch.where(torch.rand(200) < 0.5, hist[u, 0], torch.randint(0, 40, (200,)))  # half inside the history
+    for train_mode in (True, False):
+        model.train(train_mode)
+        shared = batch_user_vectors(model, g_user, g_item, hist, hmask, u, i, torch.Generator(), per_pair=False)
+        pairs = batch_user_vectors(model, g_user, g_item, hist, hmask, u, i, torch.Generator(), per_pair=True)
+        torch.testing.assert_close(pairs, shared, rtol=1e-5, atol=1e-6)
