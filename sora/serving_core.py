@@ -137,9 +137,9 @@ class Loaded:
 
 def _iso(t: float) -> str:
     """``t`` (seconds since the epoch) as an ISO 8601 UTC timestamp, to the millisecond."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def content_version(model_dir: str | Path) -> str:
@@ -184,12 +184,13 @@ class ModelHolder:
     def refresh(self) -> bool:
         """Load the source's current version if it differs from the served one. True if swapped."""
         with self._lock:
+            asked = time.time()
             try:
                 name, version, uri = self._resolve()
             except Exception as exc:  # noqa: BLE001 - an outage: keep serving, say so in /healthz
-                return self._poll_failed(exc)
+                return self._poll_failed(exc, asked)
             if self.source.startswith("models:/"):
-                self._poll_answered()
+                self._poll_answered(asked)
             try:
                 if self.current is not None and self.current.version == version:
                     self.registry_error = None
@@ -226,13 +227,13 @@ class ModelHolder:
                           "keeping the served model" if self.current else "no model loaded yet")
                 return False
 
-    def _poll_answered(self) -> None:
+    def _poll_answered(self, asked: float) -> None:
         if self.failed_polls:
             log.warning("registry answers again after %d failed poll(s); checking %s", self.failed_polls, self.source)
-        self.last_poll_ok = time.time()
+        self.last_poll_ok = asked  # when the poll was sent: a registry killed after that cannot have answered it
         self.failed_polls = 0
 
-    def _poll_failed(self, exc: Exception) -> bool:
+    def _poll_failed(self, exc: Exception, asked: float) -> bool:
         """The registry (or a local source) could not be read: keep what is served, log the first failure only."""
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         not_found = False
@@ -241,7 +242,7 @@ class ModelHolder:
 
             not_found = isinstance(exc, RegistryNotFound)
         if not_found:  # the registry answered: no such alias (yet)
-            self._poll_answered()
+            self._poll_answered(asked)
             self.registry_error = None
         else:
             self.failed_polls += 1

@@ -33,11 +33,12 @@ LIMITS = SoraConfig().serve
 class Server:
     """`python -m sora.cli serve …` on a free loopback port, its output in a log file."""
 
-    def __init__(self, args, log: Path, port: int | None = None):
+    def __init__(self, args, log: Path, port: int | None = None, env: dict[str, str] | None = None):
         self.port = port or free_port()
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "sora.cli", "serve", "--port", str(self.port), *args],
-                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
     def request(self, method, path, body=None, headers=None, timeout=30):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
