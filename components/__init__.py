@@ -8,7 +8,9 @@ or an object-store URI such as ``s3://bucket/prefix``); later steps read the pre
 
 They run in the project image, which has Sora and kfp preinstalled, so nothing is installed at run time
 (``install_kfp_package=False``; that is also what ``kfp.local.SubprocessRunner(use_venv=False)`` runs).
-The image is ``$SORA_IMAGE`` when set at compile time, else :data:`DEFAULT_IMAGE`.
+The image is ``$SORA_IMAGE`` when set at compile time, else :data:`DEFAULT_IMAGE` (the train step's
+``$SORA_TRAINER_IMAGE``). CI compiles with both set to the digests of the images it built from the same
+commit (``.github/workflows/images.yml``), so a code change always changes the steps' cache key.
 """
 
 # No `from __future__ import annotations` here: kfp reads the real annotation objects.
@@ -27,24 +29,25 @@ trainer_component = dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=
 
 
 @component
-def configure(config_overrides: str, config: Output[Artifact]):
-    """Resolve the config once (defaults + overrides, validated) into the artifact every later step reads."""
+def configure(config_overrides: list[str], config: Output[Artifact]):
+    """Resolve the config once (defaults + ``key=value`` overrides, validated) into the artifact every later
+    step reads."""
     from sora import stages
 
-    stages.configure(None, stages.parse_overrides(config_overrides), config.path)
+    stages.configure(None, [str(o).strip() for o in config_overrides if str(o).strip()], config.path)
 
 
 @component
-def connect(tracking_uri: str) -> str:
-    """Check the registry answers, before any data is read or any model trained; returns the tracking URI
-    later steps use: the parameter, else ``MLFLOW_TRACKING_URI`` (from the Secret), else the local default."""
+def connect(tracking_uri: str, snapshot_root: str) -> NamedTuple("Connected", [("tracking_uri", str),
+                                                                                ("snapshot_root", str)]):
+    """The run's first step, before any data is read: the registry answers (in a pod: an MLflow server, never
+    a pod-local file) and the snapshot root is usable. Returns what later steps use: the parameter, else
+    the Secret's ``MLFLOW_TRACKING_URI`` / ``SORA_SNAPSHOT_ROOT``, else (local runs only) the defaults."""
     import os
 
-    from sora.registry import check_reachable, resolve_tracking_uri
+    from sora.cluster import preflight
 
-    uri = resolve_tracking_uri(tracking_uri, dict(os.environ))
-    check_reachable(uri)
-    return uri
+    return preflight(tracking_uri, snapshot_root, dict(os.environ))
 
 
 @component
@@ -66,9 +69,9 @@ def fail(message: str):
 
 @component
 def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str, config: Input[Artifact],
-          report: Output[HTML], metrics: Output[Metrics]) -> str:
-    """The drift gate: new data vs the champion's training data (``reference_uri``, else the data source
-    recorded with the champion). Returns pass, warn, fail or skipped (no champion yet)."""
+          report: Output[HTML], metrics: Output[Metrics], summary: Output[Artifact]) -> str:
+    """The drift gate: new data vs the champion's training data (``reference_uri``, else the snapshot the
+    champion was trained on, recorded with its version). Returns pass, warn, fail or skipped (no champion)."""
     from sora import stages
     from sora.registry import alias_data_source
 
@@ -77,7 +80,8 @@ def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str,
         with open(report.path, "w") as f:
             f.write("<html><body><p>No champion yet: nothing to compare the data with.</p></body></html>")
         return "skipped"
-    result = stages.drift(reference, data_uri, stages.load_resolved(config.path), report.path)
+    summary.metadata["reference"] = reference
+    result = stages.drift(reference, data_uri, stages.load_resolved(config.path), report.path, summary.path)
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)) and value == value:
             metrics.log_metric(f"drift_{key}", float(value))
@@ -86,14 +90,19 @@ def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str,
 
 
 @component
-def prepare(data_uri: str, data_fingerprint: str, config: Input[Artifact], split: Output[Dataset]):
-    """Split + id maps + item table, read from the data once (the fingerprint makes the cache key follow
-    the data's content)."""
+def prepare(data_uri: str, data_fingerprint: str, snapshot_root: str, config: Input[Artifact],
+            split: Output[Dataset]):
+    """Split + id maps + item table, from an immutable snapshot of the data (``<snapshot_root>/<fingerprint>``,
+    which the registered version records and the next run's drift step reads); without a root (local runs
+    only) from the data itself. The fingerprint also makes the cache key follow the data's content."""
     from sora import stages
+    from sora.snapshot import take_snapshot
 
-    prepared = stages.prepare(data_uri, stages.load_resolved(config.path), split.path)
+    source = take_snapshot(data_uri, snapshot_root, data_fingerprint) if snapshot_root else data_uri
+    prepared = stages.prepare(source, stages.load_resolved(config.path), split.path)
     split.metadata.update(prepared.counts())
     split.metadata["source"] = data_uri
+    split.metadata["snapshot"] = source
 
 
 @component
@@ -115,6 +124,23 @@ def train(config: Input[Artifact], split: Input[Dataset], embeddings: Input[Data
     result = stages.train(stages.Prepared.load(split.path), embeddings.path, stages.load_resolved(config.path),
                           model.path, curves.path)
     model.metadata.update(stages.train_summary(result))
+    model.metadata["framework"] = "sora"
+
+
+@component
+def train_distributed(config: Input[Artifact], split: Input[Dataset], model_root: str, gpu_count: int,
+                      num_nodes: int, image: str, secret: str, model: Output[Model], curves: Output[HTML]):
+    """Multi-node training as a Kubeflow Trainer TrainJob (``num_nodes`` × ``gpu_count`` GPUs) on the prepared
+    split with the resolved config; waits for it and hands its model to the same evaluate / register /
+    compare gates as the single-pod train step."""
+    import os
+
+    from sora_pipelines.trainjob import train_in_trainjob
+
+    data = split.metadata.get("snapshot") or split.metadata.get("source") or ""
+    model.metadata.update(train_in_trainjob(
+        config.path, split.uri, data, model_root, model.path, curves.path, image, gpu_count, num_nodes, secret,
+        run_name=f"sora-{os.environ.get('HOSTNAME', 'train')}"))
     model.metadata["framework"] = "sora"
 
 

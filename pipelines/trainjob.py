@@ -53,12 +53,21 @@ GPU_NODE_RESOURCES = {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"cp
 #: JobSet derives pod host names (``NAME-node-0-0``) from the TrainJob name; keep them short.
 MAX_NAME = 40
 
-# Every node trains; node 0 registers after its torchrun returns. Values come in through the
-# environment, never pasted into the script, so a URI cannot change what the shell runs.
+# Every node trains; node 0 registers after its torchrun returns (unless the pipeline launched the job:
+# its own evaluate / register / compare steps follow). Values come in through the environment, never
+# pasted into the script, so a URI cannot change what the shell runs.
 SCRIPT = """\
 set -eu
-torchrun -m sora.cli train --data "$SORA_DATA_URI" --out "$SORA_MODEL_URI" --device "$SORA_DEVICE"
-if [ "${PET_NODE_RANK:-0}" = "0" ]; then
+set -- --data "$SORA_DATA_URI" --out "$SORA_MODEL_URI" --device "$SORA_DEVICE"
+if [ -n "${SORA_CONFIG_JSON:-}" ]; then
+  printf '%s' "$SORA_CONFIG_JSON" > /tmp/sora-config.json
+  set -- "$@" --config /tmp/sora-config.json
+fi
+if [ -n "${SORA_PREPARED_URI:-}" ]; then
+  set -- "$@" --prepared "$SORA_PREPARED_URI"
+fi
+torchrun -m sora.cli train "$@"
+if [ "${SORA_REGISTER:-1}" = "1" ] && [ "${PET_NODE_RANK:-0}" = "0" ]; then
   if [ -n "${SORA_PROMOTION_MARGIN:-}" ]; then
     exec sora registry register --model "$SORA_MODEL_URI" --data "$SORA_DATA_URI" \\
       --promote-if-better --margin "$SORA_PROMOTION_MARGIN"
@@ -127,7 +136,8 @@ def render_trainjob(run_name: str, data_uri: str, model_uri: str, tracking_uri: 
                     secret: str = "sora-mlflow", *, volumes: Mapping[str, str] | None = None,
                     runtime: str = RUNTIME, node_selector: Mapping[str, str] | None = None,
                     tolerations: Sequence[Mapping[str, str]] | None = None,
-                    promotion_margin: float | None = None) -> dict:
+                    promotion_margin: float | None = None, register: bool = True,
+                    config_json: str | None = None, prepared_uri: str | None = None) -> dict:
     """The TrainJob manifest (a plain dict, ready for the Kubernetes API or ``yaml.safe_dump``) for one run.
 
     ``tracking_uri`` is where ``sora registry register`` records the model; when empty, the Secret's
@@ -139,7 +149,9 @@ def render_trainjob(run_name: str, data_uri: str, model_uri: str, tracking_uri: 
     (:data:`GPU_NODE_SELECTOR`, :data:`GPU_TOLERATIONS`) and, like them, apply only when
     ``gpu_count > 0``. ``promotion_margin``: when given, the registration also gates the challenger
     against the champion and promotes it when it wins by that margin (what the pipeline's compare and
-    promote steps do); when ``None``, the run only registers a challenger.
+    promote steps do); when ``None``, the run only registers a challenger. ``register=False``: the job only
+    trains (the pipeline's train step launched it, and its own gates follow). ``config_json``: the resolved
+    config (``sora train --config``); ``prepared_uri``: the prepared-split artifact to train on.
     """
     if gpu_count < 0:
         raise ValueError(f"gpu_count must be 0 or more, got {gpu_count}")
@@ -159,11 +171,16 @@ def render_trainjob(run_name: str, data_uri: str, model_uri: str, tracking_uri: 
            {"name": "SORA_DEVICE", "value": "cuda" if gpu_count else "cpu"},
            {"name": "SORA_RUN_NAME", "value": run_name},
            {"name": "SORA_PROMOTION_MARGIN", "value": "" if promotion_margin is None else str(promotion_margin)},
+           {"name": "SORA_REGISTER", "value": "1" if register else "0"},
            {"name": "HF_HUB_OFFLINE", "value": "1"},
            # writable places on a read-only root filesystem
            {"name": "HOME", "value": "/tmp"},
            {"name": "HF_HOME", "value": "/tmp/hf"},
            {"name": "SORA_CACHE_DIR", "value": "/tmp/sora-cache"}]
+    if config_json:
+        env.append({"name": "SORA_CONFIG_JSON", "value": config_json})
+    if prepared_uri:
+        env.append({"name": "SORA_PREPARED_URI", "value": prepared_uri})
     if tracking_uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": tracking_uri})
     else:
@@ -218,6 +235,74 @@ def render_trainjob(run_name: str, data_uri: str, model_uri: str, tracking_uri: 
             }],
         },
     }
+
+
+def wait_for(api, name: str, namespace: str, poll_s: float = 30.0, timeout_s: float = 48 * 3600,
+             sleep=None, clock=None) -> dict:
+    """Poll the TrainJob until its ``Complete`` or ``Failed`` condition is true; return it, or raise
+    RuntimeError (failed, or still running after ``timeout_s``) with the job's own message."""
+    import time
+
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
+    deadline = clock() + timeout_s
+    while True:
+        job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []}
+        if conditions.get("Failed", {}).get("status") == "True":
+            c = conditions["Failed"]
+            raise RuntimeError(f"TrainJob {namespace}/{name} failed: {c.get('reason', '')} {c.get('message', '')}".strip())
+        if conditions.get("Complete", {}).get("status") == "True":
+            return job
+        if clock() > deadline:
+            raise RuntimeError(f"TrainJob {namespace}/{name} still running after {timeout_s:g}s")
+        sleep(poll_s)
+
+
+def _pod_namespace() -> str:
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        raise RuntimeError(f"not in a Kubernetes pod ({path} is missing): the distributed train step launches "
+                           "a TrainJob and runs on a cluster only") from None
+
+
+def train_in_trainjob(config_path: str, split_uri: str, data_uri: str, model_root: str, model_path: str,
+                      curves_path: str, image: str, gpu_count: int, num_nodes: int, secret: str,
+                      run_name: str, api=None, namespace: str | None = None) -> dict:
+    """The distributed pipeline's train step: render a TrainJob that trains (no registration) on the
+    prepared split with the resolved config, create it in this pod's namespace, wait for it, then copy the
+    model it wrote under ``model_root`` into the step's ``Model`` artifact (``model_path``)."""
+    import shutil
+    from pathlib import Path
+
+    from sora import storage
+    from sora.plots import training_curves_html
+    from sora.recommender import Recommender
+
+    if not model_root or _is_local(model_root):
+        raise ValueError(f"model_root {model_root!r} must be an object-store prefix the TrainJob's nodes can "
+                         "write, e.g. s3://bucket/sora/models")
+    name = trainjob_name(run_name)
+    model_uri = f"{model_root.rstrip('/')}/{name}"
+    manifest = render_trainjob(run_name=run_name, data_uri=data_uri, model_uri=model_uri, tracking_uri="",
+                               image=image, gpu_count=gpu_count, num_nodes=num_nodes, secret=secret,
+                               register=False, config_json=Path(config_path).read_text(), prepared_uri=split_uri)
+    if api is None:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        api = client.CustomObjectsApi()
+    namespace = namespace or _pod_namespace()
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    wait_for(api, manifest["metadata"]["name"], namespace)
+    with storage.local_dir(model_uri) as trained:
+        shutil.copytree(trained, model_path, dirs_exist_ok=True)
+        history = Recommender.load(trained).meta.get("history", [])
+    Path(curves_path).write_text(training_curves_html(history))
+    return {"trainjob": f"{namespace}/{manifest['metadata']['name']}", "model_uri": model_uri,
+            "num_nodes": num_nodes, "gpus_per_node": gpu_count}
 
 
 if __name__ == "__main__":

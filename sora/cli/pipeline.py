@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,12 +11,20 @@ from pathlib import Path
 from sora.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, default_cache_dir, embedding_cache, tracking_uri
 
 
-def _arguments(args, data_uri: str) -> dict:
-    return {"data_uri": data_uri, "config_overrides": ";".join(args.set or []), "tracking_uri": tracking_uri(args),
+def _arguments(args, data_uri: str, local: bool = False) -> dict:
+    """The run's parameters. A local run resolves the tracking URI (flag > ``MLFLOW_TRACKING_URI`` > the local
+    SQLite default) and snapshots under the workdir; a cluster run sends only what was asked for on the
+    command line, so the steps take the rest from the pipeline's Secret, never this machine's defaults."""
+    if local:
+        uri = tracking_uri(args)
+        snapshots = args.snapshot_root or str((Path(args.workdir) / "snapshots").resolve())
+    else:
+        uri, snapshots = args.tracking_uri or "", args.snapshot_root or ""
+    return {"data_uri": data_uri, "config_overrides": list(args.set or []), "tracking_uri": uri,
             "model_name": args.model_name, "promotion_margin": args.margin, "gpu_count": args.gpus,
-            "embedding_cache": embedding_cache(args.embedding_cache) if args.embedding_cache or args.local_cache
+            "embedding_cache": embedding_cache(args.embedding_cache) if args.embedding_cache or local
             else "", "run_baselines": not args.no_baselines,
-            "batch_top_k": args.batch_top_k}
+            "batch_top_k": args.batch_top_k, "snapshot_root": snapshots}
 
 
 def cmd_compile(args) -> int:
@@ -38,8 +47,7 @@ def cmd_run(args) -> int:
     from sora import storage
 
     data_uri = str(data) if storage.is_remote(str(data)) else str(Path(data).resolve())
-    args.local_cache = True
-    arguments = _arguments(args, data_uri)
+    arguments = _arguments(args, data_uri, local=True)
     uri = arguments["tracking_uri"]
     registry.check_reachable(uri)
     before = {r["version"] for r in registry.show(uri, args.model_name)}
@@ -68,68 +76,41 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
-def _read_token(args) -> str | None:
-    return args.token or os.environ.get("KFP_TOKEN")
+def _read_token() -> str | None:
+    """The Kubeflow Pipelines bearer token: ``$KFP_TOKEN`` only (a command-line token would show in process
+    listings and CI logs)."""
+    return os.environ.get("KFP_TOKEN") or None
 
 
 def cmd_submit(args) -> int:
-    args.local_cache = False
+    arguments = _arguments(args, args.data)
     if args.distributed:
-        return _submit_trainjob(args)
+        if not args.model_out:
+            print("sora pipeline submit --distributed needs --model-out URI (the object-store prefix the TrainJob "
+                  "writes its model under)", file=sys.stderr)
+            return EXIT_USAGE
+        arguments.update(num_nodes=args.nodes, model_root=args.model_out)
+    if args.dry_run:
+        from sora_pipelines import compile_pipeline
+
+        package = compile_pipeline(Path(args.workdir) / "sora-training.yaml", distributed=args.distributed)
+        print(json.dumps({"pipeline": str(package.resolve()), "arguments": arguments}, indent=2))
+        return EXIT_OK
     if not args.host:
-        print("sora pipeline submit: --host is required (or --distributed)", file=sys.stderr)
+        print("sora pipeline submit: --host is required (or --dry-run)", file=sys.stderr)
         return EXIT_USAGE
     from sora_pipelines import submit
 
-    run = submit(args.host, _arguments(args, args.data), _read_token(args), args.namespace)
+    run = submit(args.host, arguments, _read_token(), args.namespace, distributed=args.distributed)
     print(f"submitted run {getattr(run, 'run_id', run)} to {args.host}")
-    return EXIT_OK
-
-
-def _submit_trainjob(args) -> int:
-    """Render a per-run TrainJob (Kubeflow Trainer) and create it with the cluster's credentials."""
-    import time
-
-    import yaml
-
-    try:
-        from sora_pipelines.trainjob import render_trainjob
-    except ImportError:
-        print("sora: this installation has no TrainJob template", file=sys.stderr)
-        return EXIT_USAGE
-    if not args.model_out:
-        print("sora pipeline submit --distributed needs --model-out URI (where the trained model goes)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    from sora_pipelines import TRAINER_IMAGE
-
-    name = f"sora-train-{time.strftime('%Y%m%d-%H%M%S')}"
-    from sora_pipelines import trainjob
-
-    # empty = the pod reads MLFLOW_TRACKING_URI from the Secret (a local default would die with the pod)
-    manifest = render_trainjob(run_name=name, data_uri=args.data, model_uri=args.model_out,
-                               tracking_uri=args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
-                               image=TRAINER_IMAGE, gpu_count=args.gpus, num_nodes=args.nodes,
-                               namespace=args.namespace, promotion_margin=args.margin)
-    if args.dry_run:
-        print(yaml.safe_dump(manifest, sort_keys=False), end="")
-        return EXIT_OK
-    from kubernetes import client, config
-
-    config.load_config()
-    group, version = manifest["apiVersion"].split("/")
-    client.CustomObjectsApi().create_namespaced_custom_object(group, version, args.namespace or "default",
-                                                              trainjob.PLURAL, manifest)
-    print(f"created TrainJob {name} in {args.namespace or 'default'}")
     return EXIT_OK
 
 
 def cmd_schedule(args) -> int:
     from sora_pipelines import compile_pipeline, schedule
 
-    args.local_cache = False
     package = compile_pipeline(Path(args.workdir) / "sora-training.yaml")
-    job = schedule(args.host, args.cron, _arguments(args, args.data), package, _read_token(args), args.namespace)
+    job = schedule(args.host, args.cron, _arguments(args, args.data), package, _read_token(), args.namespace)
     print(f"scheduled recurring run {getattr(job, 'recurring_run_id', job)} ({args.cron}) on {args.host}")
     return EXIT_OK
 
@@ -140,7 +121,11 @@ def add_parser(sub) -> None:
     defaults = RegistryConfig()
 
     def common(p, data_required=False):
-        p.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///.sora/mlflow.db)")
+        p.add_argument("--tracking-uri", help="MLflow URI (run --local: default $MLFLOW_TRACKING_URI, else "
+                       "sqlite:///.sora/mlflow.db; submit/schedule: default none, the steps read the Secret's)")
+        p.add_argument("--snapshot-root", help="where immutable copies of the training data go (an object-store "
+                       "prefix on a cluster; default: run --local WORKDIR/snapshots, submit/schedule the "
+                       "Secret's SORA_SNAPSHOT_ROOT)")
         p.add_argument("--model-name", default=defaults.model_name)
         p.add_argument("--margin", type=float, default=defaults.promotion_margin,
                        help="relative NDCG@10 margin the challenger must beat")
@@ -167,16 +152,18 @@ def add_parser(sub) -> None:
     for name, fn, helptext in (("submit", cmd_submit, "start a run on a Kubeflow Pipelines endpoint"),
                                ("schedule", cmd_schedule, "create a recurring run")):
         p = ps.add_parser(name, help=helptext)
-        p.add_argument("--host", required=name == "schedule", help="Kubeflow Pipelines API endpoint")
-        p.add_argument("--token", help="bearer token for multi-user clusters (default: $KFP_TOKEN)")
+        p.add_argument("--host", required=name == "schedule",
+                       help="Kubeflow Pipelines API endpoint (bearer token for multi-user clusters: $KFP_TOKEN)")
         p.add_argument("--namespace", help="Kubeflow profile namespace")
         if name == "schedule":
             p.add_argument("--cron", required=True, help="6-field cron, e.g. '0 0 3 * * *' (daily 03:00)")
         else:
             p.add_argument("--distributed", action="store_true",
-                           help="launch a multi-node TrainJob (Kubeflow Trainer) instead of the pipeline")
+                           help="the pipeline whose train step is a multi-node TrainJob (Kubeflow Trainer), behind "
+                           "the same validate, drift and compare gates")
             p.add_argument("--nodes", type=int, default=2, help="TrainJob nodes (with --distributed)")
-            p.add_argument("--model-out", help="model URI the TrainJob writes (with --distributed)")
-            p.add_argument("--dry-run", action="store_true", help="print the TrainJob instead of creating it")
+            p.add_argument("--model-out", help="object-store prefix the TrainJob writes models under (with --distributed)")
+            p.add_argument("--dry-run", action="store_true",
+                           help="compile the pipeline and print it with the run's arguments; submit nothing")
         common(p, data_required=True)
         p.set_defaults(func=fn)
