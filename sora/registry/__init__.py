@@ -550,3 +550,27 @@ def resolve_tracking_uri(flag: str | None, env: dict[str, str], cfg: SoraConfig 
     """
     return (flag or "").strip() or (env.get("MLFLOW_TRACKING_URI") or "").strip() or (
         cfg.registry.tracking_uri if cfg else DEFAULT_TRACKING_URI)
+
+
+def connect(flag: str | None, env: dict[str, str], flag_name: str = "the tracking_uri parameter",
+            cfg: RegistryConfig | None = None) -> str:
+    """The tracking URI a pipeline run uses (``flag`` > ``MLFLOW_TRACKING_URI`` > the local default), checked
+    before any data is read: in a Kubernetes pod (``KUBERNETES_SERVICE_HOST`` is set) only an HTTP(S) server
+    is accepted, since a ``sqlite:``/``file:`` store would live and die with the pod; an HTTP server must
+    answer (:func:`check_reachable`). Raises :class:`RegistryError` in one line that names where the value
+    came from. ``env`` is the caller's environment (read at the edge)."""
+    if (flag or "").strip():
+        uri, source = flag.strip(), flag_name
+    elif (env.get("MLFLOW_TRACKING_URI") or "").strip():
+        uri, source = env["MLFLOW_TRACKING_URI"].strip(), "MLFLOW_TRACKING_URI (the environment)"
+    else:
+        uri, source = DEFAULT_TRACKING_URI, "the built-in default (neither was set)"
+    if env.get("KUBERNETES_SERVICE_HOST") and urlparse(uri).scheme not in ("http", "https"):
+        raise RegistryError(f"tracking URI {uri!r} from {source} is not an MLflow server: a pipeline pod would "
+                            "register into a file that vanishes with it; set MLFLOW_TRACKING_URI in the "
+                            "pipeline's Secret (or the tracking_uri parameter) to the server's http(s):// URL")
+    try:
+        check_reachable(uri, cfg)
+    except RegistryUnreachable as exc:
+        raise RegistryUnreachable(f"{exc} [tracking URI from {source}]") from exc
+    return uri
