@@ -33,7 +33,14 @@ from sora.recommender import Recommender
 from sora.selection import ALPHA_GRID, select_heads, valid_metrics
 from sora.split import Split, make_split
 from sora.text import EmbeddingCache, ItemEmbeddings, TextEncoder, embed_items, load_encoder
-from sora.training_device import deterministic, device_info, peak_device_memory_gb, resolve_device
+from sora.training_device import (
+    check_training_memory,
+    deterministic,
+    device_info,
+    peak_device_memory_gb,
+    resolve_device,
+    training_memory_parts,
+)
 from sora.training_loop import fit, run_epochs, trained_head
 from sora.training_prep import (
     Prepared,
@@ -180,6 +187,7 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
         torch.set_num_threads(tc.num_threads)
     info = device_info(device)
     log.info("training on %s", info)
+    check_training_memory(device, training_memory_parts(split.num_users, split.num_items, len(split.train), cfg))
     prep = prepared or prepare_training(split, embeddings, items, cfg, device, user_edges_df)
     model = build_model(prep, cfg)
     with deterministic(device):  # the same seed gives the same model on the CPU, run after run

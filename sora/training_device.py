@@ -103,3 +103,47 @@ def deterministic(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def training_memory_parts(num_users: int, num_items: int, num_pairs: int, cfg) -> dict[str, int]:
+    """Bytes the training device holds at its peak, by part (an upper-side estimate; ``cfg`` resolved).
+
+    Letters: U users, I items, P training pairs, D dim, T text dim (384), B batch, L history length.
+    """
+    mc, tc, gc = cfg.model, cfg.train, cfg.graph
+    d, b, n_hist = mc.dim, tc.batch_size, mc.history_len
+    nodes = num_users + num_items
+    # user–item edges both ways, item↔item neighbours both ways (text kNN, co-occurrence), user↔user
+    edges = 2 * num_pairs + 2 * num_items * (gc.item_knn_k + gc.cooccur_k) + 2 * num_users * gc.user_knn_k
+    layers = max(mc.num_layers, 0)
+    logits_cols = num_items if tc.loss == "softmax" and num_items <= tc.full_softmax_max_items else b
+    parts = {
+        "graph (A and Aᵀ, CSR, per-edge slots)": edges * (2 * 12 + 2 * 8 + 4) + 2 * 8 * (nodes + 1),
+        "id embeddings + AdamW state (U+I)·D·4·4": nodes * d * 4 * 4,
+        "text (I·T) and its projections": num_items * 384 * 4 + 4 * 384 * d * 4,
+        "propagation activations (U+I)·D·(layers+2)·2": nodes * d * 4 * (layers + 2) * 2,
+        f"logits B·{'I' if logits_cols == num_items else 'B'} (forward, softmax, grad)": b * logits_cols * 4 * 3,
+        "Transformer activations B·(L+1)·D·~24 per layer": b * (n_hist + 1) * d * 4 * 24 * max(mc.transformer_layers or 1, 1),
+        "pairs and histories": num_pairs * 16 + num_users * n_hist * 9,
+        "valid ranking batch": min(num_users, max(1, 250_000_000 // max(num_items, 1))) * num_items * 4 * 2,
+    }
+    return parts
+
+
+def check_training_memory(device: torch.device, parts: dict[str, int]) -> None:
+    """ValueError (exit 2) before any work when ``parts`` cannot fit the device, naming the largest parts.
+
+    Enforced on CUDA (free memory as the driver reports it); on the CPU the estimate is only logged, since
+    the operating system's accounting (swap, overcommit) makes a refusal there a guess.
+    """
+    need = sum(parts.values())
+    top = sorted(parts.items(), key=lambda kv: -kv[1])[:3]
+    detail = ", ".join(f"{name} {size / 2**30:.2f} GiB" for name, size in top)
+    if device.type != "cuda":
+        log.info("training memory estimate %.2f GiB (%s)", need / 2**30, detail)
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    if need > free:
+        raise ValueError(f"training needs ~{need / 2**30:.1f} GiB on {device} but {free / 2**30:.1f} of "
+                         f"{total / 2**30:.1f} GiB are free; largest parts: {detail}. Lower model.dim or "
+                         f"train.batch_size, train.full_softmax_max_items (sampled softmax), or train on more GPUs")

@@ -111,3 +111,22 @@ def test_ivf_knn_probing_every_cell_is_exact_and_graph_uses_it_above_the_limit()
                                                                    knn_exact_max_items=2))
     edges = _edge_set(g, TEXT_SIM)
     assert edges and edges == {(b, a) for a, b in edges}
+
+
+def test_parallel_item_item_work_equals_one_thread():
+    """The sparse EASE head and the co-occurrence lists on several threads are the one-thread result, bit for bit."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from sora.itemsim import cooccurrence_topk, ease_sparse
+
+    rng = np.random.default_rng(0)
+    x = sp.random(300, 120, density=0.08, random_state=4, format="csr")
+    x.data[:] = 1.0
+    one = cooccurrence_topk(x, 7, max_block_nnz=500, workers=1)
+    many = cooccurrence_topk(x, 7, max_block_nnz=500, workers=3)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+    h1 = ease_sparse(x, 30.0, 10, max_union=40, workers=1)
+    h3 = ease_sparse(x, 30.0, 10, max_union=40, workers=3)
+    assert h1.nnz > 0 and (h1 != h3).nnz == 0

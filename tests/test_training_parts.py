@@ -378,3 +378,23 @@ def test_per_pair_user_vectors_equal_the_shared_pass():
         shared = batch_user_vectors(model, g_user, g_item, hist, hmask, u, i, torch.Generator(), per_pair=False)
         pairs = batch_user_vectors(model, g_user, g_item, hist, hmask, u, i, torch.Generator(), per_pair=True)
         torch.testing.assert_close(pairs, shared, rtol=1e-5, atol=1e-6)
+
+
+def test_a_size_that_cannot_fit_the_gpu_is_refused_before_training_naming_the_parts(monkeypatch):
+    import torch
+
+    from sora.config import SoraConfig
+    from sora.training_device import check_training_memory, training_memory_parts
+
+    cfg = SoraConfig().resolved()
+    parts = training_memory_parts(1_000_000, 500_000, 20_000_000, cfg)
+    assert all(v > 0 for v in parts.values())
+    small = training_memory_parts(943, 1682, 80_000, cfg)
+    assert sum(small.values()) < sum(parts.values()) / 20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))
+    with pytest.raises(ValueError) as err:
+        check_training_memory(torch.device("cuda"), parts)
+    msg = str(err.value)
+    assert "GiB" in msg and "2.0 of 80.0 GiB are free" in msg and "largest parts" in msg and "\n" not in msg
+    check_training_memory(torch.device("cuda"), small)  # fits: no error
+    check_training_memory(torch.device("cpu"), parts)  # the CPU only logs its estimate
