@@ -120,7 +120,6 @@ def test_parallel_item_item_work_equals_one_thread():
 
     from sora.itemsim import cooccurrence_topk, ease_sparse
 
-    rng = np.random.default_rng(0)
     x = sp.random(300, 120, density=0.08, random_state=4, format="csr")
     x.data[:] = 1.0
     one = cooccurrence_topk(x, 7, max_block_nnz=500, workers=1)
