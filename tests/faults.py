@@ -42,6 +42,9 @@ class MotoStore:
     def start(self) -> None:
         from moto.server import ThreadedMotoServer
 
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per S3 request otherwise
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
 

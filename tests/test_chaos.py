@@ -248,8 +248,9 @@ def test_register_through_an_outage_mid_upload(world, store, mlflow_server, tmp_
     assert mv.tags[registry.HASH_TAG]
     rec = registry.load_version(mlflow_server.uri, f"models:/{name}/1")  # whole artifacts behind the version
     assert rec.num_items == 40
-    code, text, _, _ = _step(world, argv, store.env, tmp_path / "3")  # idempotent by content hash
-    assert code == 0 and len(_versions(mlflow_server.uri, name)) == 1
+    if what == "mlflow":  # once is enough: registration stays idempotent by content hash
+        code, text, _, _ = _step(world, argv, store.env, tmp_path / "3")
+        assert code == 0 and "v1" in text and len(_versions(mlflow_server.uri, name)) == 1
     REPORT[f"register: {'MLflow killed' if what == 'mlflow' else 'S3 stopped'} mid-upload"] = {
         "s_from_fault_to_exit": round(cost, 1), "rerun_s": round(time.monotonic() - started, 1),
         "versions_without_artifacts": 0, "artifacts_damaged": 0}

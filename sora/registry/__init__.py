@@ -388,9 +388,11 @@ def load_version(tracking_uri: str, model_uri: str) -> Recommender:
     from mlflow.exceptions import MlflowException
 
     name, _, versioned = resolve_model_uri(tracking_uri, model_uri)
+    _client(tracking_uri)  # models:/NAME/VERSION resolves without the server: bound its timeouts here too
     with tempfile.TemporaryDirectory(prefix="sora-model-") as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=versioned, dst_path=tmp))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=versioned, dst_path=tmp,
+                                                             tracking_uri=tracking_uri, registry_uri=tracking_uri))
         except MlflowException as exc:
             raise _mlflow_error(exc, versioned, tracking_uri) from exc
         candidates = list(local.rglob("model.safetensors"))
