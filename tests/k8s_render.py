@@ -1,6 +1,6 @@
 """Render the kustomize overlays: ``kubectl kustomize`` when kubectl is there, else a small Python
-equivalent covering what k8s/ uses (resources, namespace, labels, images, strategic-merge and JSON 6902
-patches). A test checks the two agree wherever both run."""
+equivalent covering what k8s/ uses (resources, components, namespace, labels, images, strategic-merge and
+JSON 6902 patches). A test checks the two agree wherever both run."""
 
 from __future__ import annotations
 
@@ -85,6 +85,19 @@ def _set_images(doc: dict, images: list[dict]) -> None:
     visit(doc)
 
 
+def _patch(docs: list[dict], directory: Path, patches: list[dict]) -> None:
+    by_key = {_key(d): i for i, d in enumerate(docs)}
+    for patch in patches:
+        if "path" in patch:
+            for p in yaml.safe_load_all((directory / patch["path"]).read_text()):
+                i = by_key[_key(p)]
+                docs[i] = _merge(docs[i], p)
+        else:
+            t = patch["target"]
+            i = by_key[(t["kind"], t["name"])]
+            docs[i] = _json6902(docs[i], yaml.safe_load(patch["patch"]))
+
+
 def render_python(directory: Path) -> list[dict]:
     directory = Path(directory)
     kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
@@ -95,16 +108,17 @@ def render_python(directory: Path) -> list[dict]:
             docs += render_python(path)
         else:
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    by_key = {_key(d): i for i, d in enumerate(docs)}
-    for patch in kust.get("patches", []):
-        if "path" in patch:
-            for p in yaml.safe_load_all((directory / patch["path"]).read_text()):
-                i = by_key[_key(p)]
-                docs[i] = _merge(docs[i], p)
-        else:
-            t = patch["target"]
-            i = by_key[(t["kind"], t["name"])]
-            docs[i] = _json6902(docs[i], yaml.safe_load(patch["patch"]))
+    # components first (kustomize applies them after the resources, before this kustomization's patches)
+    for comp in kust.get("components", []):
+        comp_dir = directory / comp
+        comp_kust = yaml.safe_load((comp_dir / "kustomization.yaml").read_text())
+        assert comp_kust["kind"] == "Component", comp_dir
+        docs += [d for res in comp_kust.get("resources", []) for d in yaml.safe_load_all((comp_dir / res).read_text()) if d]
+        _patch(docs, comp_dir, comp_kust.get("patches", []))
+        if comp_kust.get("images"):
+            for d in docs:
+                _set_images(d, comp_kust["images"])
+    _patch(docs, directory, kust.get("patches", []))
     for lab in kust.get("labels", []):
         for d in docs:
             d["metadata"].setdefault("labels", {}).update(lab["pairs"])
@@ -159,3 +173,26 @@ def mlflow_server_secret_env(overlay: str) -> dict[str, str]:
         if "secretRef" in src:
             out[f"{src['secretRef']['name']}/*"] = f"{src['secretRef']['name']}/*"
     return out
+
+
+COMPONENTS_DIR = Path(__file__).resolve().parents[1] / "k8s" / "components"
+
+
+def baked_overlay(tmp: Path, base_overlay: str = "prod", tag: str = "v7") -> Path:
+    """An overlay (written under ``tmp``) that adds k8s/components/baked-model to ``base_overlay`` and pins
+    the baked image, the way a team would switch serving to a baked model."""
+    import os
+
+    tmp = Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    kust = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(OVERLAYS_DIR / base_overlay, tmp)],
+            "components": [os.path.relpath(COMPONENTS_DIR / "baked-model", tmp)],
+            "images": [{"name": "sora-serving-baked", "newName": "ghcr.io/sora-ml/sora-serving-baked", "newTag": tag}]}
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kust, sort_keys=False))
+    return tmp
+
+
+def serving_container(docs: list[dict]) -> dict:
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "sora-serving")
+    return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "sora")

@@ -14,11 +14,13 @@ import yaml
 from sora_pipelines import trainjob
 
 from tests.k8s_render import (
+    baked_overlay,
     mlflow_server_command,
     mlflow_server_secret_env,
     render,
     render_kubectl,
     render_python,
+    serving_container,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +105,52 @@ def test_replicas_hpa_and_pdb_agree(rendered):
     dep = _by_kind(docs, "Deployment", "sora-serving")[0]
     hpa = _by_kind(docs, "HorizontalPodAutoscaler", "sora-serving")[0]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "sora-serving"
-    assert dep["spec"]["replicas"] == hpa["minReplicas"] <= hpa["maxReplicas"], overlay
+    assert "replicas" not in dep["spec"], overlay  # the HPA owns the scale: an apply must not reset it
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"], overlay
     pdb = _by_kind(docs, "PodDisruptionBudget", "sora-serving")[0]["spec"]
     # a node drain must be possible at the smallest size
     if "maxUnavailable" in pdb:
         assert int(pdb["maxUnavailable"]) >= 1
     else:
         assert int(pdb["minAvailable"]) < hpa["minReplicas"]
+
+
+def test_mlflow_survives_a_node_drain(rendered):
+    """Every serving pod loads its model through MLflow at start: more than one replica, and a PDB that
+    lets a drain take one at a time but never all."""
+    overlay, docs = rendered
+    dep = _by_kind(docs, "Deployment", "sora-mlflow")[0]
+    replicas = dep["spec"]["replicas"]
+    assert replicas >= 2, overlay
+    env = _env(dep["spec"]["template"]["spec"]["containers"][0])
+    assert env["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql://")  # shared state, not a pod's file
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    pdbs = [p for p in _by_kind(docs, "PodDisruptionBudget") if _selects(p["spec"]["selector"], labels)]
+    assert len(pdbs) == 1, overlay
+    spec = pdbs[0]["spec"]
+    available = int(spec["minAvailable"]) if "minAvailable" in spec else replicas - int(spec["maxUnavailable"])
+    assert 1 <= available < replicas
+
+
+def test_baked_model_component_serves_without_the_registry(tmp_path):
+    """prod loads the champion from the registry; the baked-model component (tested here and, with the
+    registry down, in tests/test_baked_serving.py) serves a model inside the image instead."""
+    prod = serving_container(render(ROOT / "k8s" / "overlays" / "prod"))
+    assert "SORA_MODEL_DIR" not in _env(prod) and _env(prod)["SORA_MODEL_URI"]["value"] == "models:/sora@champion"
+    overlay = baked_overlay(tmp_path / "baked")
+    docs = render(overlay)
+    for doc in docs:
+        if doc["kind"] not in CRD_REQUIRED:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    c = serving_container(docs)
+    assert c["image"] == "ghcr.io/sora-ml/sora-serving-baked:v7"
+    assert _env(c)["SORA_MODEL_DIR"]["value"] == "/opt/sora/model"
+    assert c["command"] == prod["command"]  # the same service, only the model source differs
+    # the baked image puts the model where the component points
+    dockerfile = (ROOT / "docker" / "baked.Dockerfile").read_text()
+    assert "SORA_MODEL_DIR=/opt/sora/model" in dockerfile and " /opt/sora/model/" in dockerfile
+    if shutil.which("kubectl"):  # the Python renderer reads components as kustomize does
+        assert _norm(render_python(overlay)) == _norm(render_kubectl(overlay))
 
 
 def test_every_image_is_pinned_by_the_overlay(rendered):
@@ -390,21 +431,23 @@ def test_prod_scrapes_metrics():
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed; nothing to compare with")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_python_renderer_matches_kubectl(overlay):
-    def canon(node):  # merge order of named list items is not meaningful
-        if isinstance(node, dict):
-            return {k: canon(v) for k, v in node.items()}
-        if isinstance(node, list):
-            items = [canon(v) for v in node]
-            if all(isinstance(v, dict) and "name" in v for v in items):
-                items.sort(key=lambda v: str(v["name"]))
-            return items
-        return node
-
-    def norm(docs):
-        return sorted(yaml.safe_dump(canon(d), sort_keys=True) for d in docs)
-
     path = ROOT / "k8s" / "overlays" / overlay
-    assert norm(render_python(path)) == norm(render_kubectl(path))
+    assert _norm(render_python(path)) == _norm(render_kubectl(path))
+
+
+def _canon(node):  # merge order of named list items is not meaningful
+    if isinstance(node, dict):
+        return {k: _canon(v) for k, v in node.items()}
+    if isinstance(node, list):
+        items = [_canon(v) for v in node]
+        if all(isinstance(v, dict) and "name" in v for v in items):
+            items.sort(key=lambda v: str(v["name"]))
+        return items
+    return node
+
+
+def _norm(docs):
+    return sorted(yaml.safe_dump(_canon(d), sort_keys=True) for d in docs)
 
 
 def test_example_secrets_hold_no_real_values():

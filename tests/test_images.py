@@ -23,6 +23,8 @@ from sora.buildinfo import _build_info
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 DOCKERFILES = [ROOT / "Dockerfile", *sorted((ROOT / "docker").glob("*.Dockerfile"))]
+#: The images built from a Python base, each installing from the lock; the others derive from these.
+BUILT = {"ghcr.io/sora-ml/sora": ROOT / "Dockerfile", "ghcr.io/sora-ml/sora-trainer": ROOT / "docker" / "trainer.Dockerfile"}
 #: The file the Dockerfiles write pyproject.toml's dependencies to before installing them.
 DEPS_FILE = "/tmp/sora-deps.txt"
 #: glibc of each Debian release a slim Python image is built on (what manylinux wheels it can run).
@@ -154,12 +156,32 @@ def test_base_image_python_is_read_from_the_tag():
     assert "3.10" not in requires_python()
 
 
+def _python_of(image: str) -> tuple[str, str | None]:
+    """The Python of an image: from its tag, or for one of the project's own images from its Dockerfile."""
+    repo = re.split(r"[:@]", image)[0]
+    if repo in BUILT:
+        (base,) = base_images(BUILT[repo].read_text())
+        return image_python(base)
+    return image_python(image)
+
+
+def test_derived_images_take_python_from_the_image_they_extend():
+    import sora_components
+
+    assert set(BUILT) == {sora_components.DEFAULT_IMAGE.split(":")[0], sora_components.TRAINER_IMAGE.split(":")[0]}
+    assert _python_of("ghcr.io/sora-ml/sora@sha256:" + "0" * 64) == _python_of("python:3.11-slim-bookworm")
+    for dockerfile in DOCKERFILES:
+        if dockerfile not in BUILT.values():  # derived: nothing installed on top (its deps are the base's)
+            assert not pip_installs(dockerfile.read_text()), dockerfile.name
+            assert all(re.split(r"[:@]", i)[0] in BUILT for i in base_images(dockerfile.read_text()))
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_every_base_image_runs_a_python_the_package_accepts(dockerfile):
     images = base_images(dockerfile.read_text())
     assert images, dockerfile
     for image in images:
-        version, release = image_python(image)
+        version, release = _python_of(image)
         assert version in requires_python(), f"{dockerfile.name}: {image} has Python {version}, " \
             f"pyproject.toml requires {requires_python()}"
         assert release, f"{image}: name the Debian release in the tag, so its glibc (and wheels) are fixed"
@@ -181,7 +203,7 @@ def test_the_lock_pins_everything_pyproject_asks_for():
     assert "sora" not in pins  # the project itself is installed from source, never from the lock
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", BUILT.values(), ids=lambda p: p.name)
 def test_images_install_only_from_the_lock(dockerfile):
     text = dockerfile.read_text()
     copied = " ".join(rest for k, rest in instructions(text) if k == "COPY")
@@ -216,7 +238,7 @@ def test_make_venv_installs_the_lock():
     assert all("-r $(LOCK)" in ln or "--no-deps" in ln or '"pip' in ln for ln in installs), installs
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", BUILT.values(), ids=lambda p: p.name)
 def test_commit_reaches_the_image_as_a_build_argument(dockerfile):
     parsed = instructions(dockerfile.read_text())
     args = [rest for k, rest in parsed if k == "ARG"]
@@ -259,7 +281,7 @@ def lock_report(tmp_path_factory):
     is checked below from each distribution's own ``Requires-Dist``."""
     if not _pypi_reachable():
         pytest.skip("PyPI is not reachable from here: cannot resolve the lock")
-    (python, release), = {image_python(i) for f in DOCKERFILES for i in base_images(f.read_text())}
+    (python, release), = {_python_of(i) for f in DOCKERFILES for i in base_images(f.read_text())}
     out = tmp_path_factory.mktemp("pip")
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "-q",
            "--python-version", python, "--implementation", "cp", "--target", str(out / "target"),
@@ -313,7 +335,7 @@ def test_the_lock_resolves_for_every_image(lock_report):
     # make venv: everything the lock holds, with pyproject.toml's dev extra
     _closure(pyproject_requirements(("dev",)), dists, env)
     # each image: its own install set, every package of it pinned by the lock
-    for dockerfile in DOCKERFILES:
+    for dockerfile in BUILT.values():
         closure = _closure(image_install_set(dockerfile.read_text()), dists, env)
         assert {"torch", "dgl", "mlflow", "kfp"} <= set(closure), dockerfile.name
         assert Version(closure["torch"]).release[:3] == (2, 2, 1)
