@@ -3,7 +3,8 @@
 The logged model carries Sora's own model directory (artifact ``model_dir``) and the code that reads
 it (``code_paths``: the ``sora`` package, so nothing of the project needs to be installed where it is
 loaded), and asks only for the inference stack (torch, numpy, pandas, scipy, safetensors, pyarrow,
-pyyaml, mlflow) — no DGL, kfp, Great Expectations or BentoML.
+pyyaml, mlflow, and faiss-cpu when the model carries an approximate top-k index, whose load imports
+faiss) — no DGL, kfp, Great Expectations or BentoML.
 
 Input: a DataFrame with a ``user_id`` column (strings). Params (``predict(df, params={...})``):
 ``k`` (default 10), ``exclude_seen`` (default true), ``fallback`` (default true).
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "fallback"]
 DEFAULT_PARAMS = {"k": 10, "exclude_seen": True, "fallback": True}
 INFERENCE_PACKAGES = ("torch", "numpy", "pandas", "scipy", "safetensors", "pyarrow", "pyyaml", "mlflow")
+#: Needed only by models that carry an approximate top-k index (``ann.faiss``, :mod:`sora.ann`): loading
+#: one imports faiss.
+ANN_PACKAGE = "faiss-cpu"
 
 
 class SoraPyfunc(mlflow.pyfunc.PythonModel):
@@ -61,13 +65,21 @@ def recommend_frame(rec, model_input: pd.DataFrame, k: int = 10, exclude_seen: b
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
 
 
-def inference_requirements() -> list[str]:
-    """Pinned versions of the inference stack as installed here."""
+def inference_requirements(model_dir: str | Path | None = None) -> list[str]:
+    """Pinned versions of the inference stack as installed here, plus faiss-cpu when the model directory
+    holds an approximate top-k index (a model without one does not pull faiss where it is loaded)."""
+    from sora.ann import INDEX_FILE
+
+    names = list(INFERENCE_PACKAGES)
+    if model_dir is not None and (Path(model_dir) / INDEX_FILE).exists():
+        names.append(ANN_PACKAGE)
     reqs = []
-    for name in INFERENCE_PACKAGES:
+    for name in names:
         try:
             reqs.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
+            if name == ANN_PACKAGE:  # the model cannot load without it: never log a pyfunc that says otherwise
+                raise
             continue
     return reqs
 
@@ -83,5 +95,5 @@ def log_pyfunc(rec, model_dir: str | Path, registered_model_name: str):
     return mlflow.pyfunc.log_model(
         name="model", python_model=SoraPyfunc(), artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(sora.__file__).parent)], signature=signature, input_example=example,
-        pip_requirements=inference_requirements(), registered_model_name=registered_model_name,
+        pip_requirements=inference_requirements(model_dir), registered_model_name=registered_model_name,
     )
