@@ -1,14 +1,21 @@
 """Scale benchmark: preparation stages, one epoch and one full-ranking evaluation on synthetic catalogues.
 
-    python benchmarks/scale.py [--sizes 0.1M,1M,4M] [--max-steps N] [--out benchmarks/RESULTS.md]
+    python benchmarks/scale.py [--device cpu|cuda] [--sizes 0.1M,1M,4M,20M] [--max-steps N] [--profile 4M]
+                               [--out benchmarks/RESULTS.md]
+
+On a GPU machine (``../shared/tools/device/``): ``bash benchmarks/gpu_check.sh`` runs the GPU tier and
+this benchmark on CUDA in one go (under 8 minutes on an H200).
 
 Each size runs in its own process (so its peak RSS is its own): a synthetic catalogue with power-law
 item popularity and user activity (users lean to one of 20 "genres"), the ``hash`` text encoder,
 the default config otherwise (``train.max_epochs=1``). Reported per size: seconds of every stage
 before the first epoch (split, embed, matrix, text kNN, heterograph, torch graph, history tensors,
-item–item head, static parts) with the peak RSS after it, one training epoch (``--max-steps`` caps
-it and the full epoch is projected from the measured steps, labelled as such), one full-ranking
-evaluation of every valid user over all items, and the process's peak RSS.
+item–item head, static parts) with the peak RSS after it, one training epoch's wall time through
+``run_epochs`` (every per-run setup included: pairs to the device, the valid ranker; ``--max-steps``
+caps it and the full epoch is projected from the measured steps, labelled as such), fitting the vectors,
+one full-ranking evaluation of every valid user over all items on the training device (top-k there),
+the peak RSS and the peak device memory; with ``--profile SIZE`` a ``torch.profiler`` top-10 of one
+training step at that size.
 Writes a Markdown section between markers in RESULTS.md (other sections stay).
 """
 
@@ -29,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 MARK_BEGIN, MARK_END = "<!-- scale:begin -->", "<!-- scale:end -->"
+GPU_BEGIN, GPU_END = "<!-- scale-gpu:begin -->", "<!-- scale-gpu:end -->"
 # interactions → (users, items): about 20 interactions per user, as many items as users
-SIZES = {"0.1M": (100_000, 5_000, 5_000), "1M": (1_000_000, 50_000, 50_000), "4M": (4_000_000, 200_000, 200_000)}
+SIZES = {"0.1M": (100_000, 5_000, 5_000), "1M": (1_000_000, 50_000, 50_000), "4M": (4_000_000, 200_000, 200_000),
+         "20M": (20_000_000, 1_000_000, 500_000)}
 STAGES = ["split", "embed", "matrix", "text_knn", "heterograph", "torch_graph", "history", "item_item_head", "static"]
 
 
@@ -59,23 +68,31 @@ def synthetic(n_inter: int, n_users: int, n_items: int, seed: int = 0, genres: i
     return Dataset(interactions=inter, items=items_df)
 
 
-def run_one(size: str, max_steps: int | None) -> dict:
+def run_one(size: str, max_steps: int | None, device: str = "cpu", profile: bool = False) -> dict:
     """One size, in this process: every stage timed."""
-    import torch
 
     from sora.config import SoraConfig
-    from sora.metrics import evaluate_scores
+    from sora.metrics import DeviceRanker
     from sora.split import make_split
     from sora.text import HashEncoder, embed_items
     from sora.train import build_model, seed_everything
-    from sora.training_loop import fit, run_epochs
+    from sora.training_device import (
+        check_training_memory,
+        device_info,
+        peak_device_memory_gb,
+        resolve_device,
+        training_memory_parts,
+    )
+    from sora.training_loop import dot_scores, fit, run_epochs, step_loss
     from sora.training_prep import peak_rss_mb, prepare_training
 
     n_inter, n_users, n_items = SIZES[size]
-    cfg = SoraConfig().with_overrides(["text.model=hash:64", "train.max_epochs=1", "train.device=cpu"]).resolved()
+    cfg = SoraConfig().with_overrides(["text.model=hash:64", "train.max_epochs=1", f"train.device={device}"]
+                                      ).resolved()
+    dev = resolve_device(device)
     t = time.perf_counter()
     ds = synthetic(n_inter, n_users, n_items)
-    out: dict = {"size": size, "generate_s": time.perf_counter() - t, "stages": {}}
+    out: dict = {"size": size, "generate_s": time.perf_counter() - t, "stages": {}, "device": device_info(dev)}
     t = time.perf_counter()
     split = make_split(ds, cfg.split)
     out["stages"]["split"] = {"seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}
@@ -85,33 +102,75 @@ def run_one(size: str, max_steps: int | None) -> dict:
     items = ds.items
     del ds
     out.update(users=split.num_users, items=split.num_items, train=len(split.train), valid=len(split.valid))
+    parts = training_memory_parts(split.num_users, split.num_items, len(split.train), cfg)
+    out["estimate_gb"] = sum(parts.values()) / 2**30
+    check_training_memory(dev, parts)
     seed_everything(cfg.train.seed)
     t = time.perf_counter()
-    prep = prepare_training(split, emb, items, cfg, torch.device("cpu"))
+    prep = prepare_training(split, emb, items, cfg, dev)
     out["prepare_s"] = time.perf_counter() - t + out["stages"]["split"]["seconds"] + out["stages"]["embed"]["seconds"]
     out["stages"].update(prep.stages)
     out["ii"] = f"{type(prep.ii).__name__} nnz={getattr(prep.ii, 'nnz', getattr(prep.ii, 'size', 0))}"
     out["edges"] = int(len(prep.graph.norm))
     model = build_model(prep, cfg)
     cfg.train.eval_every = 10**6  # evaluation is timed on its own below
+    _sync(dev)
     t = time.perf_counter()
     loop = run_epochs(model, prep, cfg, progress=False, max_steps=max_steps)
+    _sync(dev)
+    wall = time.perf_counter() - t
     h = loop.history[0]
     full_steps = -(-len(prep.pairs[0]) // cfg.train.batch_size)
     out.update(steps=h["steps"], full_steps=full_steps, step_s=h["epoch_seconds"] / max(h["steps"], 1))
-    out["epoch_s"] = out["step_s"] * full_steps
+    # wall time of run_epochs, the steps not run (--max-steps) added at the measured step time
+    out["epoch_s"] = wall + out["step_s"] * (full_steps - h["steps"])
     out["epoch_projected"] = h["steps"] < full_steps
     t = time.perf_counter()
-    rec = fit(model, prep, None)
-    out["fit_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    metrics = evaluate_scores(rec.score_users, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(),
-                              split.num_items, (10, 20), exclude=prep.x_train, batch_size=cfg.eval.batch_size)
+    ranker = DeviceRanker(split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), split.num_items, (10, 20), dev,
+                          exclude=prep.x_train, batch_size=cfg.eval.batch_size)
+    metrics = ranker.evaluate(dot_scores(model, prep))
+    _sync(dev)
     out["eval_s"] = time.perf_counter() - t
-    out["eval_users"] = int(split.valid["u"].nunique())
+    t = time.perf_counter()
+    fit(model, prep, None)
+    out["fit_s"] = time.perf_counter() - t
+    out["eval_users"] = len(ranker.users)
     out["valid_ndcg@10"] = metrics["ndcg@10"]
     out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_device_gb"] = peak_device_memory_gb(dev)
+    if profile:
+        out["profile"] = profile_step(model, prep, cfg, dev, step_loss)
     return out
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_step(model, prep, cfg, device, step_loss) -> str:
+    """A torch.profiler top-10 (by self time on the device, else the CPU) of one training step, as Markdown."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(prep.pairs[0]), generator=gen)[: cfg.train.batch_size]
+    u, i = prep.pairs[0][idx].to(device), prep.pairs[1][idx].to(device)
+    negatives = None if bool(prep.warm.all()) else prep.warm.to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(2):  # warm-up outside the profile
+        step_loss(model, prep, u, i, prep.split.num_items, cfg.train, gen, negatives=negatives).backward()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        opt.zero_grad()
+        step_loss(model, prep, u, i, prep.split.num_items, cfg.train, gen, negatives=negatives).backward()
+        opt.step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=10, max_name_column_width=60)
 
 
 def machine() -> str:
@@ -137,24 +196,35 @@ def table(rows: list[dict]) -> str:
     add("**preparation total s**", lambda r: f"**{r['prepare_s']:.1f}**")
     add("item–item head", lambda r: r["ii"])
     add("graph edges (all types)", lambda r: f"{r['edges']:,}")
-    add("one epoch s", lambda r: (f"{r['epoch_s']:.0f} (projected from {r['steps']} of {r['full_steps']} steps, "
+    add("one epoch s, wall (all setup included)", lambda r: (f"{r['epoch_s']:.0f} (projected from {r['steps']} of {r['full_steps']} steps, "
                                   f"{r['step_s']:.2f} s/step)" if r["epoch_projected"]
                                   else f"{r['epoch_s']:.1f} ({r['full_steps']} steps, {r['step_s']:.2f} s/step)"))
     add("fit vectors s", lambda r: f"{r['fit_s']:.1f}")
-    add("full-ranking eval s (valid users)", lambda r: f"{r['eval_s']:.1f} ({r['eval_users']:,})")
+    add("full-ranking eval s (valid users, top-k on the device)", lambda r: f"{r['eval_s']:.1f} ({r['eval_users']:,})")
+    add("valid NDCG@10 after the epoch", lambda r: f"{r['valid_ndcg@10']:.4f}")
     add("**peak RSS MiB**", lambda r: f"**{r['peak_rss_mb']:,.0f}**")
+    add("peak device GB (estimate before training)",
+        lambda r: f"{r['peak_device_gb'] if r.get('peak_device_gb') is not None else '–'} ({r['estimate_gb']:.1f})")
     return "\n".join(lines)
 
 
 def write_section(path: Path, rows: list[dict], args) -> None:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    dev = rows[0]["device"] if rows else {}
+    where = (f"GPU {dev.get('name')} ({dev.get('memory_gb')} GB, CUDA {dev.get('cuda')})" if args.device == "cuda"
+             else "CPU only")
+    profiles = [f"\n### torch.profiler top-10 of one training step, {r['size']}\n\n```\n{r['profile']}\n```"
+                for r in rows if r.get("profile")]
+    begin, end = (MARK_BEGIN, MARK_END) if args.device == "cpu" else (GPU_BEGIN, GPU_END)
     body = "\n".join([
-        MARK_BEGIN,
-        "## Scale: preparation, one epoch and evaluation on synthetic catalogues (benchmarks/scale.py)",
+        begin,
+        f"## Scale on {'the CPU' if args.device == 'cpu' else 'a GPU'}: preparation, one epoch and evaluation on "
+        "synthetic catalogues (benchmarks/scale.py)",
         "",
-        f"- command: `python benchmarks/scale.py --sizes {args.sizes}"
-        + (f" --max-steps {args.max_steps}`" if args.max_steps else "`"),
-        f"- date: {now}; machine: {machine()}; CPU only (no GPU machine was at hand for this run: no GPU column)",
+        f"- command: `python benchmarks/scale.py --device {args.device} --sizes {args.sizes}"
+        + (f" --max-steps {args.max_steps}" if args.max_steps else "")
+        + (f" --profile {args.profile}" if args.profile else "") + "`",
+        f"- date: {now}; machine: {machine()}; {where}",
         "- data: synthetic, Zipf-like item popularity (exponent 0.9), log-normal user activity (≥ 3), users lean "
         "to one of 20 genres; `hash:64` text encoder; default config otherwise (so above "
         "`graph.ease_max_items`=20,000 items the sparse neighbourhood EASE head is built)",
@@ -162,12 +232,13 @@ def write_section(path: Path, rows: list[dict], args) -> None:
         "includes the data frames of the generator and split)",
         "",
         table(rows),
+        *profiles,
         "",
-        MARK_END,
+        end,
     ])
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        a, b = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
+    if begin in text and end in text:
+        a, b = text.index(begin), text.index(end) + len(end)
         text = text[:a] + body + text[b:]
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
@@ -176,7 +247,9 @@ def write_section(path: Path, rows: list[dict], args) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="0.1M,1M,4M")
+    ap.add_argument("--sizes", default="0.1M,1M,4M", help=f"comma-separated, of {', '.join(SIZES)}")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--profile", default=None, help="a size whose one training step is profiled (e.g. 4M)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap the timed epoch at this many steps")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -184,12 +257,24 @@ def main() -> int:
     args = ap.parse_args()
     if args.one:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        args.json.write_text(json.dumps(run_one(args.one, args.max_steps)))
+        args.json.write_text(json.dumps(run_one(args.one, args.max_steps, args.device, args.profile == args.one)))
         return 0
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("scale.py: --device cuda but CUDA is not available on this machine", file=sys.stderr)
+            return 2
+    unknown = [s for s in args.sizes.split(",") if s not in SIZES]
+    if unknown:
+        print(f"scale.py: unknown size {unknown[0]!r}; sizes are {', '.join(SIZES)}", file=sys.stderr)
+        return 2
     rows = []
     for size in args.sizes.split(","):
         tmp = Path(f"/tmp/sora-scale-{size}.json")
-        cmd = [sys.executable, __file__, "--one", size, "--json", str(tmp)]
+        cmd = [sys.executable, __file__, "--one", size, "--json", str(tmp), "--device", args.device]
+        if args.profile:
+            cmd += ["--profile", args.profile]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
         subprocess.run(cmd, check=True)
