@@ -467,7 +467,44 @@ def test_workflows_parse_and_trigger_as_documented():
     assert triggers["push"]["paths"] and triggers["schedule"][0]["cron"]
     steps = " ".join(str(s.get("run", "")) for s in retrain["jobs"]["submit"]["steps"])
     assert "sora pipeline compile" in steps and "sora pipeline submit" in steps
-    assert "secrets.KFP_TOKEN" in (ROOT / ".github/workflows/retrain.yml").read_text()
+    text = (ROOT / ".github/workflows/retrain.yml").read_text()
+    assert "secrets.KFP_TOKEN" in text and "--token" not in text  # the token is read from the environment
+    assert "--tracking-uri" not in steps  # the cluster's Secret says where MLflow is
+    # images by digest, never a fixed tag: the compile and submit steps get SORA_IMAGE / SORA_TRAINER_IMAGE
+    # from the digests images.yml passes (workflow_call) or resolves for the last commit that changed them
+    assert "workflow_call" in triggers and {"sora_image", "trainer_image"} <= set(triggers["workflow_call"]["inputs"])
+    for step in retrain["jobs"]["submit"]["steps"]:
+        if "sora pipeline" in str(step.get("run", "")):
+            assert step["env"]["SORA_IMAGE"] == "${{ steps.images.outputs.sora }}", step["name"]
+            assert step["env"]["SORA_TRAINER_IMAGE"] == "${{ steps.images.outputs.trainer }}", step["name"]
+    assert not re.search(r"sora(-trainer)?:\d", text)
+
+
+def test_images_are_built_and_pushed_by_commit_then_the_pipeline_runs_them_by_digest():
+    wf = yaml.safe_load((ROOT / ".github/workflows/images.yml").read_text())
+    build = wf["jobs"]["build"]
+    pushes = [s for s in build["steps"] if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    assert {s["with"]["file"] for s in pushes} == {"Dockerfile", "docker/trainer.Dockerfile"}
+    for s in pushes:
+        assert s["with"]["push"] is True and s["with"]["tags"].endswith(":${{ github.sha }}")
+        assert "SORA_GIT_COMMIT=${{ github.sha }}" in s["with"]["build-args"]  # reaches sora.buildinfo
+    assert any(str(s.get("uses", "")).startswith("docker/login-action@") for s in build["steps"])
+    assert wf["permissions"]["packages"] == "write"
+    refs = build["outputs"]
+    refs_step = next(s for s in build["steps"] if s.get("id") == "refs")["run"]
+    assert "@${{ steps.sora.outputs.digest }}" in refs_step and "@${{ steps.trainer.outputs.digest }}" in refs_step
+    submit = wf["jobs"]["submit"]
+    assert submit["uses"] == "./.github/workflows/retrain.yml" and submit["needs"] == "build"
+    assert submit["with"] == {"sora_image": "${{ needs.build.outputs.sora }}",
+                              "trainer_image": "${{ needs.build.outputs.trainer }}"} and set(refs) == {"sora", "trainer"}
+    # every change to what an image contains rebuilds it: each COPY source is under a trigger path
+    paths = wf[True]["push"]["paths"]
+    for dockerfile in ("Dockerfile", "docker/trainer.Dockerfile"):
+        for line in re.findall(r"^COPY (?!--from)(.+)$", (ROOT / dockerfile).read_text(), re.M):
+            for src in line.split()[:-1]:
+                src = src.rstrip("/")
+                assert any(src == p or (p.endswith("/**") and (src + "/").startswith(p[:-2])) for p in paths), \
+                    (dockerfile, src)
 
 
 INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
