@@ -44,10 +44,14 @@ USER_ID = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-#: Keys of the MLflow / object-store Secret that become the trainer's environment (each optional; the
-#: tracking URI comes from the Secret only when no ``tracking_uri`` is given, and is then required).
-SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
-              "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+#: Keys of the MLflow / object-store Secret that become the trainer's environment. The account and the
+#: store's keys are required (a Secret without them stops the pods before anything trains); the region and
+#: endpoints only some stores need. The tracking URI comes from the Secret only when no ``tracking_uri``
+#: is given, and is then required too.
+REQUIRED_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
+                       "AWS_SECRET_ACCESS_KEY")
+OPTIONAL_SECRET_ENV = ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+SECRET_ENV = REQUIRED_SECRET_ENV + OPTIONAL_SECRET_ENV
 CPU_RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"cpu": "8", "memory": "32Gi"}}
 GPU_NODE_RESOURCES = {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"cpu": "16", "memory": "64Gi"}}
 #: JobSet derives pod host names (``NAME-node-0-0``) from the TrainJob name; keep them short.
@@ -186,8 +190,9 @@ def render_trainjob(run_name: str, data_uri: str, model_uri: str, tracking_uri: 
     else:
         env.append({"name": "MLFLOW_TRACKING_URI",
                     "valueFrom": {"secretKeyRef": {"name": secret, "key": "MLFLOW_TRACKING_URI"}}})
+    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key in REQUIRED_SECRET_ENV]
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-            for key in SECRET_ENV]
+            for key in OPTIONAL_SECRET_ENV]
 
     resources = copy.deepcopy(GPU_NODE_RESOURCES if gpu_count else CPU_RESOURCES)
     pod_spec: dict = {

@@ -106,7 +106,10 @@ def test_credentials_come_from_the_secret():
     env = _env(job)
     for key in SECRET_ENV:
         ref = env[key]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "my-secret", "key": key, "optional": True}
+        # the account and the store's keys are required: a Secret without them stops the pods, loudly
+        required = key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
+                           "AWS_SECRET_ACCESS_KEY")
+        assert ref == {"name": "my-secret", "key": key, **({} if required else {"optional": True})}, key
     assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"} <= set(env)
     from_secret = _env(_job(tracking_uri="", secret="my-secret"))["MLFLOW_TRACKING_URI"]
     assert from_secret["valueFrom"]["secretKeyRef"] == {"name": "my-secret", "key": "MLFLOW_TRACKING_URI"}
@@ -174,3 +177,83 @@ def test_renders_without_shared_references():
 def test_example_template_is_the_rendering():
     text = (ROOT / "k8s" / "templates" / "trainjob.yaml").read_text()
     assert yaml.safe_load(text) == render_trainjob(**EXAMPLE)
+
+
+def test_a_pipeline_launched_job_trains_on_the_prepared_split_with_the_resolved_config(tmp_path):
+    job = _job(register=False, config_json='{"train": {"max_epochs": 3}}', prepared_uri="s3://root/run/prepare/split")
+    env = _env(job)
+    assert env["SORA_REGISTER"]["value"] == "0"
+    lines = _run_script(job, tmp_path, "0", SORA_CONFIG_JSON=env["SORA_CONFIG_JSON"]["value"],
+                        SORA_PREPARED_URI=env["SORA_PREPARED_URI"]["value"])
+    data, model = S3["data_uri"], S3["model_uri"]
+    # node 0 too: only trains (the pipeline's evaluate / register / compare steps follow)
+    assert lines == [f"torchrun -m sora.cli train --data {data} --out {model} --device cpu "
+                     "--config /tmp/sora-config.json --prepared s3://root/run/prepare/split"]
+
+
+class _Api:
+    """A stand-in for kubernetes' CustomObjectsApi: a TrainJob that completes (or fails) after some polls."""
+
+    def __init__(self, conditions):
+        self.conditions, self.created, self.polls = list(conditions), [], 0
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.created.append((group, version, namespace, plural, body))
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.polls += 1
+        return {"status": {"conditions": self.conditions.pop(0) if self.conditions else []}}
+
+
+def test_wait_for_returns_on_complete_and_raises_the_jobs_own_failure():
+    from sora_pipelines.trainjob import wait_for
+
+    done = [[], [{"type": "Created", "status": "True"}], [{"type": "Complete", "status": "True"}]]
+    api = _Api(done)
+    wait_for(api, "j", "ns", sleep=lambda s: None)
+    assert api.polls == 3
+    failed = _Api([[{"type": "Failed", "status": "True", "reason": "NodeOOM", "message": "node-1 was OOM-killed"}]])
+    with pytest.raises(RuntimeError, match="ns/j failed: NodeOOM node-1 was OOM-killed"):
+        wait_for(failed, "j", "ns", sleep=lambda s: None)
+    clock = iter(range(0, 10_000, 100))
+    with pytest.raises(RuntimeError, match="still running"):
+        wait_for(_Api([]), "j", "ns", timeout_s=250, sleep=lambda s: None, clock=lambda: next(clock))
+
+
+def test_train_in_trainjob_creates_waits_and_hands_the_model_on(tmp_path, monkeypatch):
+    from sora_pipelines import trainjob
+
+    config = tmp_path / "config.json"
+    config.write_text('{"train": {"max_epochs": 2}}')
+    model_root = tmp_path / "models"  # stands in for the object store (read through sora.storage)
+
+    class FakeRec:
+        meta = {"history": [{"epoch": 1, "loss": 0.5}]}
+
+    monkeypatch.setattr(trainjob, "_is_local", lambda uri: False)
+    monkeypatch.setattr("sora.recommender.Recommender.load", classmethod(lambda cls, d: FakeRec()))
+    api = _Api([[{"type": "Complete", "status": "True"}]])
+
+    def create(group, version, namespace, plural, body):  # the job "writes" its model where it was told
+        api.created.append(body)
+        out = Path(next(e["value"] for e in body["spec"]["trainer"]["env"] if e["name"] == "SORA_MODEL_URI"))
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_bytes(b"weights")
+
+    api.create_namespaced_custom_object = create
+    info = trainjob.train_in_trainjob(str(config), "s3://root/split", "s3://snap/abc", str(model_root),
+                                      str(tmp_path / "model"), str(tmp_path / "curves.html"), "trainer@sha256:x",
+                                      gpu_count=1, num_nodes=3, secret="sora-mlflow", run_name="Run 7",
+                                      api=api, namespace="team")
+    (body,) = api.created
+    env = {e["name"]: e.get("value") for e in body["spec"]["trainer"]["env"]}
+    assert env["SORA_REGISTER"] == "0" and env["SORA_PREPARED_URI"] == "s3://root/split"
+    assert env["SORA_CONFIG_JSON"] == config.read_text() and env["SORA_DATA_URI"] == "s3://snap/abc"
+    assert body["spec"]["trainer"]["numNodes"] == 3 and body["spec"]["trainer"]["image"] == "trainer@sha256:x"
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "curves.html").read_text() and info["trainjob"] == "team/run-7"
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="object-store prefix"):
+        trainjob.train_in_trainjob(str(config), "s3://root/split", "s3://snap/abc", str(model_root),
+                                   str(tmp_path / "m2"), str(tmp_path / "c2"), "img", 0, 2, "s", "r", api=api,
+                                   namespace="team")
