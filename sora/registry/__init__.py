@@ -68,10 +68,11 @@ def _outage_types() -> tuple[type[BaseException], ...]:
 
     types: list[type[BaseException]] = [requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
                                         TimeoutError]
-    try:
+    try:  # artifacts written straight to S3 (MLFLOW_S3_ENDPOINT_URL) fail with boto's own exceptions
+        import boto3.exceptions
         import botocore.exceptions
 
-        types += [botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError]
+        types += [botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error]
     except ImportError:  # no S3 client installed: nothing of it can fail
         pass
     return tuple(types)
@@ -346,10 +347,11 @@ def _version_by_alias(client, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        err = _mlflow_error(exc, f"{name}@{alias}", "")
+        server = getattr(client, "_registry_uri", "") or "?"
+        err = _mlflow_error(exc, f"{name}@{alias}", server)
         if isinstance(err, RegistryNotFound):
             return None
-        raise RegistryUnreachable(str(exc).splitlines()[0][:200]) from exc
+        raise err from exc
 
 
 def _get_version(client, tracking_uri: str, name: str, version: str):
