@@ -34,20 +34,23 @@ def configure(config_overrides: list[str], config: Output[Artifact]):
     step reads."""
     from sora import stages
 
-    stages.configure(None, [str(o).strip() for o in config_overrides if str(o).strip()], config.path)
+    # a list parameter; a `;`-joined string (older callers of this function) is still read
+    overrides = stages.parse_overrides(config_overrides) if isinstance(config_overrides, str) else \
+        [str(o).strip() for o in config_overrides if str(o).strip()]
+    stages.configure(None, overrides, config.path)
 
 
 @component
-def connect(tracking_uri: str, snapshot_root: str) -> NamedTuple("Connected", [("tracking_uri", str),
-                                                                                ("snapshot_root", str)]):
+def connect(tracking_uri: str, snapshot_root: str = "") -> str:
     """The run's first step, before any data is read: the registry answers (in a pod: an MLflow server, never
-    a pod-local file) and the snapshot root is usable. Returns what later steps use: the parameter, else
-    the Secret's ``MLFLOW_TRACKING_URI`` / ``SORA_SNAPSHOT_ROOT``, else (local runs only) the defaults."""
+    a pod-local file) and the snapshot root is usable (in a pod: an object-store prefix). Returns the
+    tracking URI later steps use: the parameter, else the Secret's ``MLFLOW_TRACKING_URI``, else (local runs
+    only) the local default."""
     import os
 
     from sora.cluster import preflight
 
-    return preflight(tracking_uri, snapshot_root, dict(os.environ))
+    return preflight(tracking_uri, snapshot_root, dict(os.environ))[0]
 
 
 @component
@@ -69,7 +72,7 @@ def fail(message: str):
 
 @component
 def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str, config: Input[Artifact],
-          report: Output[HTML], metrics: Output[Metrics], summary: Output[Artifact]) -> str:
+          report: Output[HTML], metrics: Output[Metrics]) -> str:
     """The drift gate: new data vs the champion's training data (``reference_uri``, else the snapshot the
     champion was trained on, recorded with its version). Returns pass, warn, fail or skipped (no champion)."""
     from sora import stages
@@ -80,8 +83,8 @@ def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str,
         with open(report.path, "w") as f:
             f.write("<html><body><p>No champion yet: nothing to compare the data with.</p></body></html>")
         return "skipped"
-    summary.metadata["reference"] = reference
-    result = stages.drift(reference, data_uri, stages.load_resolved(config.path), report.path, summary.path)
+    print(f"drift reference: {reference}")
+    result = stages.drift(reference, data_uri, stages.load_resolved(config.path), report.path)
     for key, value in result.metrics.items():
         if isinstance(value, (int, float)) and value == value:
             metrics.log_metric(f"drift_{key}", float(value))
@@ -90,15 +93,19 @@ def drift(data_uri: str, reference_uri: str, tracking_uri: str, model_name: str,
 
 
 @component
-def prepare(data_uri: str, data_fingerprint: str, snapshot_root: str, config: Input[Artifact],
-            split: Output[Dataset]):
-    """Split + id maps + item table, from an immutable snapshot of the data (``<snapshot_root>/<fingerprint>``,
-    which the registered version records and the next run's drift step reads); without a root (local runs
-    only) from the data itself. The fingerprint also makes the cache key follow the data's content."""
-    from sora import stages
-    from sora.snapshot import take_snapshot
+def prepare(data_uri: str, data_fingerprint: str, config: Input[Artifact], split: Output[Dataset],
+            snapshot_root: str = ""):
+    """Split + id maps + item table, from an immutable snapshot of the data (``<root>/<fingerprint>``, the root
+    from ``snapshot_root`` else the Secret's ``SORA_SNAPSHOT_ROOT``), which the registered version records and
+    the next run's drift step reads; without a root (local runs only) from the data itself. The fingerprint
+    also makes the cache key follow the data's content."""
+    import os
 
-    source = take_snapshot(data_uri, snapshot_root, data_fingerprint) if snapshot_root else data_uri
+    from sora import stages
+    from sora.snapshot import resolve_root, take_snapshot
+
+    root = resolve_root(snapshot_root, dict(os.environ))
+    source = take_snapshot(data_uri, root, data_fingerprint) if root else data_uri
     prepared = stages.prepare(source, stages.load_resolved(config.path), split.path)
     split.metadata.update(prepared.counts())
     split.metadata["source"] = data_uri

@@ -131,9 +131,9 @@ def build_pipeline(settings: ClusterSettings | None = None, distributed: bool = 
 
     def _train_and_promote(validated, config, connected, p):
         """prepare → embed → train → evaluate → register → compare → (promote), inside the gates."""
-        uri = connected.outputs["tracking_uri"]
+        uri = connected.output
         prepared = with_secret(c.prepare(data_uri=p["data_uri"], data_fingerprint=validated.outputs["fingerprint"],
-                                         snapshot_root=connected.outputs["snapshot_root"], config=config))
+                                         snapshot_root=p["snapshot_root"], config=config))
         split = prepared.outputs["split"]
         embedded = with_secret(c.embed(cache_uri=p["embedding_cache"], config=config, split=split))
         embeddings = embedded.outputs["embeddings"]
@@ -158,7 +158,7 @@ def build_pipeline(settings: ClusterSettings | None = None, distributed: bool = 
         """connect → configure → validate → (passed) drift → (not failed) training; else a failing step."""
         connected = with_secret(c.connect(tracking_uri=p["tracking_uri"], snapshot_root=p["snapshot_root"]))
         connected.set_caching_options(False)  # the registry and the settings are checked on every run, first
-        uri = connected.outputs["tracking_uri"]
+        uri = connected.output
         config = sized(c.configure(config_overrides=p["config_overrides"]).after(connected)).outputs["config"]
         validated = with_secret(c.validate(data_uri=p["data_uri"], config=config))
         validated.set_caching_options(False)  # data may change under the same URI

@@ -321,7 +321,9 @@ def test_nightly_run_on_rewritten_data_is_compared_with_the_champions_snapshot(t
     # the nightly export rewrites the same URI with other data
     make_dataset(n_users=60, n_items=120, seed=7).save(data, fmt="csv")
     _run(tmp_path, data, "train.max_epochs=1", "model.dim=8", "model.use_item_item_score=false")
-    summaries = sorted((tmp_path / "work" / "pipeline_runs").rglob("drift/summary"), key=lambda p: p.stat().st_mtime)
-    drift = json.loads(summaries[-1].read_text())
-    assert drift["reference"] == snap and load_dataset(snap).fingerprint() == trained_on
-    assert drift["metrics"]["item_popularity_js"] > 0  # compared with what the champion saw, not with itself
+    reports = sorted((tmp_path / "work" / "pipeline_runs").rglob("drift/report"), key=lambda p: p.stat().st_mtime)
+    assert len(reports) == 2 and "No champion yet" in reports[0].read_text()
+    html = reports[-1].read_text()
+    # compared with what the champion was trained on (still intact), not with the rewritten URI itself
+    assert f"against the reference <code>{snap}</code>" in html
+    assert load_dataset(snap).fingerprint() == trained_on != load_dataset(data).fingerprint()
