@@ -21,7 +21,7 @@ reads them once. Letters: U users, I items, N = U + I nodes, E edges, D dim.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -66,6 +66,8 @@ class TorchGraph:
     crow_t: torch.Tensor  # (N+1,) CSR of Aᵀ (src × dst)
     col_t: torch.Tensor
     slot_t: torch.Tensor
+    #: (etypes, side_weight) → (A, Aᵀ): the unperturbed adjacency is built once, not every step
+    _adjacency: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_edges(cls, num_users: int, num_items: int,
@@ -123,6 +125,13 @@ class TorchGraph:
             parts.append(w)
         return torch.cat(parts) if parts else self.norm
 
+    def fixed_adjacency(self, etypes: list[EType], side_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Aᵀ) without perturbation, built on the first call and reused (the weights never change)."""
+        key = (tuple(etypes), float(side_weight))
+        if key not in self._adjacency:
+            self._adjacency[key] = self.adjacency(self.edge_weights(list(etypes), side_weight))
+        return self._adjacency[key]
+
     def adjacency(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, Aᵀ) as sparse CSR tensors (N, N) carrying ``weights`` (flat etype order)."""
         n = self.num_users + self.num_items
@@ -168,7 +177,8 @@ class GraphEncoder(nn.Module):
     def _forward_torch(self, graph: TorchGraph, h_user, h_item, edge_keep) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_layers == 0:
             return h_user, h_item
-        a, a_t = graph.adjacency(graph.edge_weights(self.etypes, self.side_weight, edge_keep))
+        a, a_t = (graph.fixed_adjacency(self.etypes, self.side_weight) if edge_keep is None
+                  else graph.adjacency(graph.edge_weights(self.etypes, self.side_weight, edge_keep)))
         h = torch.cat([h_user, h_item])  # (N, D)
         total = h
         for _ in range(self.num_layers):
