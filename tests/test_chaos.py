@@ -200,6 +200,7 @@ def test_embed_through_a_store_outage(world, store, tmp_path):
 
     started = time.monotonic()
     code, text, err, _ = _step(world, argv, store.env, tmp_path / "2")
+    rerun_s = time.monotonic() - started
     assert code == 0, err[-3000:]
     assert "0 encoded" in text and "40 from cache" in text  # the re-run redoes nothing
     emb = stages.load_embeddings(out)
@@ -207,7 +208,7 @@ def test_embed_through_a_store_outage(world, store, tmp_path):
     assert _damaged_keys(store) == []
     REPORT["embed: S3 stopped before the output write"] = {
         "s_from_fault_to_exit": round(cost, 1),
-        "rerun_s": round(time.monotonic() - started, 1), "artifacts_damaged": 0}
+        "rerun_s": round(rerun_s, 1), "artifacts_damaged": 0}
 
 
 # ------------------------------------------------------------------ register: MLflow, then the store, go away
@@ -243,16 +244,14 @@ def test_register_through_an_outage_mid_upload(world, store, mlflow_server, tmp_
 
     started = time.monotonic()
     code, text, err, _ = _step(world, argv, store.env, tmp_path / "2")
+    rerun_s = time.monotonic() - started
     assert code == 0 and f"registered {name} v1 as challenger" in text, err[-3000:]
-    (mv,) = _versions(mlflow_server.uri, name)
+    (mv,) = _versions(mlflow_server.uri, name)  # one version, created with its content hash
     assert mv.tags[registry.HASH_TAG]
     rec = registry.load_version(mlflow_server.uri, f"models:/{name}/1")  # whole artifacts behind the version
     assert rec.num_items == 40
-    if what == "mlflow":  # once is enough: registration stays idempotent by content hash
-        code, text, _, _ = _step(world, argv, store.env, tmp_path / "3")
-        assert code == 0 and "v1" in text and len(_versions(mlflow_server.uri, name)) == 1
     REPORT[f"register: {'MLflow killed' if what == 'mlflow' else 'S3 stopped'} mid-upload"] = {
-        "s_from_fault_to_exit": round(cost, 1), "rerun_s": round(time.monotonic() - started, 1),
+        "s_from_fault_to_exit": round(cost, 1), "rerun_s": round(rerun_s, 1),
         "versions_without_artifacts": 0, "artifacts_damaged": 0}
 
 
