@@ -125,11 +125,15 @@ def embed(cache_uri: str, config: Input[Artifact], split: Input[Dataset], embedd
 @trainer_component
 def train(config: Input[Artifact], split: Input[Dataset], embeddings: Input[Dataset], model: Output[Model],
           curves: Output[HTML]):
-    """Graph + GNN-Transformer training (GPU when the task is given one)."""
+    """Graph + GNN-Transformer training (GPU when the task is given one).
+
+    Checkpoints go beside the model's artifact URI (the object store on a cluster, where a retried pod of
+    the same task finds them), so a preempted step resumes rather than starting again."""
     from sora import stages
+    from sora.checkpoint import checkpoint_uri
 
     result = stages.train(stages.Prepared.load(split.path), embeddings.path, stages.load_resolved(config.path),
-                          model.path, curves.path)
+                          model.path, curves.path, checkpoint_uri=checkpoint_uri(model.uri or model.path))
     model.metadata.update(stages.train_summary(result))
     model.metadata["framework"] = "sora"
 

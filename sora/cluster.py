@@ -43,8 +43,9 @@ STEP_RESOURCES: dict[str, StepResources] = {
 
 #: Steps that read or write the object store or MLflow themselves, so a dropped connection or an
 #: evicted pod is worth another try. ``connect`` retries inside (its failure is a misconfiguration,
-#: reported at once); ``train`` is the expensive step and fails loudly instead.
-NETWORK_STEPS = ("validate", "drift", "prepare", "embed", "register", "compare", "promote", "batch-score")
+#: reported at once). ``train`` retries too: a preempted GPU node's retry resumes from the step's newest
+#: checkpoint (``train.checkpoint_every``, beside the model's artifact URI), losing at most one epoch.
+NETWORK_STEPS = ("validate", "drift", "prepare", "embed", "train", "register", "compare", "promote", "batch-score")
 
 
 @dataclass(frozen=True)
