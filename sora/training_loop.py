@@ -257,16 +257,28 @@ def average_gradients(model: torch.nn.Module, world: int, extra: torch.Tensor | 
 def window_loss(model: SoraModel, prep: Prepared, wu: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
                 targets: torch.Tensor, tc: TrainConfig, gen: torch.Generator,
                 negatives: torch.Tensor | None = None, idx: torch.Tensor | None = None,
-                log_gain: torch.Tensor | None = None) -> torch.Tensor:
+                log_gain: torch.Tensor | None = None, all_positions: bool | None = None) -> torch.Tensor:
     """Causal training (``train.causal``): the loss of every next-item target in B windows of L items.
 
     wu (B,) the windows' users; items, mask, targets (B, L) as :func:`~sora.training_prep.causal_windows`
     makes them. One causal Transformer pass per window gives every position's user vector from the
     items before its target only; the user is anonymous (the graph user embedding has seen the whole
-    training sequence, its future included).
+    training sequence, its future included). ``all_positions`` forces the accelerator's form of the full
+    softmax (every position, padding ignored) or the CPU's (targets selected first); None: by device.
     """
     g_user, g_item = model.propagate(prep.graph, prep.text)
     item_vecs = model.item_vectors(g_item, prep.text)
+    full = tc.loss == "softmax" and len(item_vecs) <= tc.full_softmax_max_items and tc.contrastive_weight == 0
+    if full and (all_positions if all_positions is not None else targets.device.type != "cpu"):
+        # On an accelerator: every position's logits, the padding ignored by the loss (-100), instead of
+        # selecting the targets first, whose count is data-dependent and makes the host wait. Same mean.
+        uv = model.fusion.sequence(g_item[items], mask).reshape(-1, item_vecs.shape[1])  # (B·L, D)
+        bias = None
+        if log_gain is not None:
+            with torch.no_grad():
+                head = prep.head_term.window_scores(idx, wu, items, mask)
+            bias = log_gain.exp() * head.reshape(len(uv), -1)
+        return softmax_loss(uv, item_vecs, targets.reshape(-1), prep.log_q, tc, negatives, bias)
     keep = targets >= 0
     uv = model.fusion.sequence(g_item[items], mask)[keep]  # (N, D): one per target
     users = wu[:, None].expand_as(targets)[keep]
@@ -329,7 +341,7 @@ def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log
             logits = logits + bias
         if negatives is not None:
             logits = logits.masked_fill(~negatives[None, :], -torch.inf)
-        return F.cross_entropy(logits, i)
+        return F.cross_entropy(logits, i, ignore_index=-100)  # -100: a padded position (no target)
     if bias is not None:
         raise ValueError("a logits bias needs the full softmax (train.full_softmax_max_items)")
     ones = torch.ones(len(uv), 1, dtype=uv.dtype, device=uv.device)

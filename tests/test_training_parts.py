@@ -398,3 +398,39 @@ def test_a_size_that_cannot_fit_the_gpu_is_refused_before_training_naming_the_pa
     assert "GiB" in msg and "2.0 of 80.0 GiB are free" in msg and "largest parts" in msg and "\n" not in msg
     check_training_memory(torch.device("cuda"), small)  # fits: no error
     check_training_memory(torch.device("cpu"), parts)  # the CPU only logs its estimate
+
+
+@pytest.mark.parametrize("head_in_loss", [False, True])
+def test_causal_loss_over_every_position_equals_the_selected_targets(head_in_loss):
+    """The accelerator's causal loss (every position's logits, padding ignored: no host sync) is the CPU's
+    (targets selected first), with the learned head in the logits too, and so are its gradients."""
+    import torch
+
+    from sora.config import SoraConfig
+    from sora.text import HashEncoder
+    from sora.train import build_model, prepare, seed_everything
+    from sora.training_loop import window_loss
+    from sora.training_prep import prepare_training
+    from tests.conftest import make_dataset
+
+    ds = make_dataset(n_users=30, n_items=50, per_user=15)
+    cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=16", "split.mode=leave-last-out",
+                                       "model.history_len=6", "model.dropout=0.0", "train.device=cpu",
+                                       f"train.head_in_loss={str(head_in_loss).lower()}", "train.head_folds=2",
+                                       "graph.ease_lambda=50"]).resolved()
+    split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
+    seed_everything(0)
+    prep = prepare_training(split, emb, ds.items, cfg, torch.device("cpu"))
+    assert prep.windows is not None and (prep.head_term is not None) == head_in_loss
+    model = build_model(prep, cfg)
+    idx = torch.arange(min(12, len(prep.windows[0])))
+    log_gain = torch.nn.Parameter(torch.tensor(0.3)) if head_in_loss else None
+    out = {}
+    for all_positions in (False, True):
+        model.zero_grad()
+        loss = window_loss(model, prep, *(t[idx] for t in prep.windows), cfg.train, torch.Generator(), None,
+                           idx=idx, log_gain=log_gain, all_positions=all_positions)
+        loss.backward()
+        out[all_positions] = (loss.detach(), model.item_emb.weight.grad.clone())
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-7)
