@@ -84,7 +84,29 @@ def _fs(uri: str):
         raise StorageError(f"{uri}: no filesystem for {scheme}:// is installed ({exc})") from exc
     if scheme in ("s3", "s3a"):
         fs.retries = 1  # botocore retries (with backoff); s3fs's loop on top would multiply every timeout
+        _without_expect_continue(fs)
     return fs, path
+
+
+def _drop_expect(request, **_) -> None:
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+def _without_expect_continue(fs) -> None:
+    """Send request bodies at once instead of waiting for ``100 Continue``.
+
+    botocore asks for ``Expect: 100-continue`` on uploads, and aiohttp (under s3fs) waits for that
+    answer with no timeout at all: a store that accepts the connection and then hangs would hang the
+    upload forever. Without the header the body goes out and the read timeout bounds the wait.
+    """
+    from fsspec.asyn import sync
+
+    try:
+        client = sync(fs.loop, fs.set_session)
+    except Exception:  # noqa: BLE001 - no client yet (bad credentials config…): the first call will say why
+        return
+    client.meta.events.register("before-send.s3", _drop_expect)
 
 
 def _explain(uri: str, action: str, exc: BaseException) -> StorageError:

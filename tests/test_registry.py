@@ -252,3 +252,20 @@ def test_a_promote_that_meets_an_outage_is_one_line(tmp_path, capsys, monkeypatc
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sora:")]
     assert len(err) == 1 and err[0].startswith(f"sora: error: cannot reach the registry at {uri}"), err
     assert "model-versions/get" in err[0]
+
+
+def test_a_registry_that_hangs_fails_at_mlflows_request_timeout(tiny_model, monkeypatch):
+    from tests.faults import BlackHole
+
+    model_dir, report = tiny_model
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    hole = BlackHole()
+    try:
+        with pytest.raises(registry.RegistryUnreachable) as info:
+            registry.log_and_register(hole.endpoint, "sora", model_dir, report)
+    finally:
+        hole.close()
+    message = str(info.value)
+    assert message.startswith(f"cannot reach the registry at {hole.endpoint}: ReadTimeout") and "\n" not in message
+    assert "1 tries" in message and "1s read timeout" in message

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,10 +132,15 @@ def check_reachable(tracking_uri: str, cfg: RegistryConfig | None = None) -> Non
     if os.environ.get("MLFLOW_TRACKING_USERNAME"):
         auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
     url = tracking_uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    # MLflow's own standard variables, when set, bound this check as they bound every later request
+    read_timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 30)
+    tries = 1 + int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") or cfg.max_retries)
     last = ""
-    for _ in range(max(1, cfg.max_retries + 1)):
+    for attempt in range(max(1, tries)):
+        if attempt:  # a read-only search: safe to retry, with exponential backoff
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
         try:
-            r = requests.post(url, json={"max_results": 1}, auth=auth, timeout=(cfg.connect_timeout_s, 30))
+            r = requests.post(url, json={"max_results": 1}, auth=auth, timeout=(cfg.connect_timeout_s, read_timeout))
         except requests.RequestException as exc:
             last = f"{type(exc).__name__}"
             continue
@@ -144,7 +150,8 @@ def check_reachable(tracking_uri: str, cfg: RegistryConfig | None = None) -> Non
         if r.status_code in (401, 403):
             break
     raise RegistryUnreachable(f"cannot reach the registry at {tracking_uri}: {last} "
-                              f"(POST {url}, {cfg.max_retries + 1} tries, {cfg.connect_timeout_s:g}s connect timeout)")
+                              f"(POST {url}, {max(1, tries)} tries, {cfg.connect_timeout_s:g}s connect timeout, "
+                              f"{read_timeout:g}s read timeout)")
 
 
 def _client(tracking_uri: str, cfg: RegistryConfig | None = None):
