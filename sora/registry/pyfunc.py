@@ -84,8 +84,10 @@ def inference_requirements(model_dir: str | Path | None = None) -> list[str]:
     return reqs
 
 
-def log_pyfunc(rec, model_dir: str | Path, registered_model_name: str):
-    """Log the pyfunc (with its code and inference requirements) in the active run and register it."""
+def log_pyfunc(rec, model_dir: str | Path, registered_model_name: str | None):
+    """Log the pyfunc (with its code and inference requirements) in the active run; registered under
+    ``registered_model_name`` when one is given (``log_and_register`` passes None and creates the version
+    itself, once every artifact is uploaded)."""
     from mlflow.models import infer_signature
 
     import sora
