@@ -1,7 +1,8 @@
-"""Chaos tier (slow): the object store and MLflow stopped and restarted during embed, register and serve.
+"""Chaos tier (slow): the object store and MLflow stopped and restarted during embed, train, register and serve.
 
 Real processes: ``mlflow server`` (SQLite backend, artifacts proxied into the bucket), moto's S3 server
-(:mod:`tests.faults`), and ``sora embed`` / ``sora registry register`` / ``sora serve`` as subprocesses.
+(:mod:`tests.faults`), and ``sora embed`` / ``sora train`` / ``sora registry register`` / ``sora serve`` as
+subprocesses. (A kill -9 of ``sora train`` mid-epoch is in ``tests/test_checkpoint.py``.)
 
 A fault lands at a chosen point of a step: a test-only ``sitecustomize`` (the *gate*) pauses the step's
 process at the N-th call of a named function, the test stops the server for real, then lets the step go on
@@ -209,6 +210,37 @@ def test_embed_through_a_store_outage(world, store, tmp_path):
     REPORT["embed: S3 stopped before the output write"] = {
         "s_from_fault_to_exit": round(cost, 1),
         "rerun_s": round(rerun_s, 1), "artifacts_damaged": 0}
+
+
+# ------------------------------------------------------------------ train: the store goes away mid-run
+
+def test_train_through_a_store_outage_resumes_from_its_checkpoint(world, store, tmp_path):
+    """``sora train --out s3://…``: the store stops before the 3rd epoch's checkpoint; the step fails in one
+    line with no model at ``--out``; once the store is back the same command resumes from epoch 2."""
+    out = f"s3://{BUCKET}/steps/train/model"
+    sets = [*SETS, "train.max_epochs=4", "tune.grid=[]", "train.temperature=1.0", "train.warmup_epochs=1",
+            "train.min_epochs=4"]
+    argv = ["train", "--data", world["data_uri"], "--out", out, *[a for s in sets for a in ("--set", s)]]
+    code, _, err, cost = _step(world, argv, store.env, tmp_path / "1", "sora.checkpoint:Checkpointer.save:3",
+                               store.stop)
+    line = _the_error_line(err)
+    assert code == 1 and "steps/train/model.checkpoint/trial-1-epoch-00003.pt" in line and store.endpoint in line, line
+    store.start()
+    assert store.keys("steps/train/model/") == []  # a killed run leaves no model at --out
+    assert store.keys("steps/train/model.checkpoint/") == ["steps/train/model.checkpoint/trial-1-epoch-00002.pt"]
+
+    started = time.monotonic()
+    code, _, err, _ = _step(world, argv, store.env, tmp_path / "2")
+    rerun_s = time.monotonic() - started
+    assert code == 0, err[-3000:]
+    assert "resumed from epoch 2" in err
+    rec = stages.load_model(out)
+    assert rec.meta["epochs_run"] == 4 and rec.num_items == 40
+    assert store.keys("steps/train/model.checkpoint/") == []  # removed once the model is written
+    assert _damaged_keys(store) == []
+    REPORT["train: S3 stopped before the 3rd epoch's checkpoint"] = {
+        "s_from_fault_to_exit": round(cost, 1), "rerun_s": round(rerun_s, 1), "epochs_redone": 0,
+        "artifacts_damaged": 0}
 
 
 # ------------------------------------------------------------------ register: MLflow, then the store, go away
