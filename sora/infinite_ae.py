@@ -40,6 +40,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from sora.walk import geometric_walk
+
 log = logging.getLogger(__name__)
 
 #: the authors' weight and bias variances (W_std = √2, b_std = 0.1)
@@ -181,23 +183,7 @@ def choose_lambda(metric: Callable[[float], float], start: float = LAMBDA_START,
     The same walk as :func:`sora.selection.choose_ease_lambda`: up from ``start`` while the metric improves
     strictly, down when the first step up did not. Each step costs O(U²·I) after :meth:`InfiniteAE.fit`.
     """
-    valid: dict[float, float] = {}
-
-    def score(k: int) -> float:
-        lam = float(start * factor ** k)
-        if lam not in valid:
-            valid[lam] = float(metric(lam))
-        return valid[lam]
-
-    k = 0
-    score(k)
-    for step in (1, -1):
-        moved = False
-        while abs(k + step) <= max_steps and score(k + step) > score(k):
-            k, moved = k + step, True
-        if moved:
-            break
-    lam = float(start * factor ** k)
+    lam, valid = geometric_walk(metric, start, factor, max_steps)
     log.info("∞-AE λ %g chosen on valid (ndcg@10 %.4f; by λ %s)", lam, valid[lam],
              {f"{key:g}": round(v, 4) for key, v in sorted(valid.items())})
     return LambdaChoice(lam, valid)

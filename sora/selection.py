@@ -26,6 +26,7 @@ from sora.metrics import evaluate_scores
 from sora.protocol import history_of, recency_ease_scores, recency_matrix, with_histories
 from sora.recommender import Recommender
 from sora.split import Split
+from sora.walk import geometric_walk
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +82,16 @@ def choose_ease_lambda(x_train: sp.csr_matrix, metric: EaseMetric, start: float 
     up did not improve: valid NDCG@10 is unimodal in λ in practice, and each step costs one (I, I)
     inverse. Only the best weights are kept in memory.
     """
-    valid: dict[float, float] = {}
     best: dict[str, Any] = {"ndcg": -np.inf}  # the walk only moves to a strictly better λ
 
-    def score(k: int) -> float:
-        lam = float(start * factor ** k)
-        if lam not in valid:
-            b = ease_weights(x_train, lam)
-            valid[lam], decay = metric(b)
-            if valid[lam] > best["ndcg"]:
-                best.update(ndcg=valid[lam], weights=b, decay=decay)
-        return valid[lam]
+    def score(lam: float) -> float:
+        b = ease_weights(x_train, lam)
+        ndcg, decay = metric(b)
+        if ndcg > best["ndcg"]:
+            best.update(ndcg=ndcg, weights=b, decay=decay)
+        return ndcg
 
-    k = 0
-    score(k)
-    for step in (1, -1):
-        moved = False
-        while abs(k + step) <= max_steps and score(k + step) > score(k):
-            k, moved = k + step, True
-        if moved:
-            break
-    lam = float(start * factor ** k)
+    lam, valid = geometric_walk(score, start, factor, max_steps)
     log.info("graph.ease_lambda %g chosen on valid (EASE alone, decay %g, ndcg@10 %.4f; by λ %s)", lam,
              best["decay"], best["ndcg"], {f"{key:g}": round(v, 4) for key, v in sorted(valid.items())})
     return EaseChoice(lam, best["weights"], best["decay"], valid)
