@@ -277,12 +277,16 @@ def main() -> int:
             cmd += ["--profile", args.profile]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
-        subprocess.run(cmd, check=True)
+        done = subprocess.run(cmd)
+        if done.returncode:  # e.g. a size that cannot fit the device: the sizes done so far stay written
+            print(f"scale.py: size {size} failed (exit {done.returncode})", file=sys.stderr)
+            break
         rows.append(json.loads(tmp.read_text()))
         print(json.dumps(rows[-1]), flush=True)
-    write_section(args.out, rows, args)
-    print(table(rows))
-    return 0
+        write_section(args.out, rows, args)  # after every size: a run cut short by a time limit keeps its rows
+    if rows:
+        print(table(rows))
+    return 0 if len(rows) == len(args.sizes.split(",")) else 1
 
 
 if __name__ == "__main__":
