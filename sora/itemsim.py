@@ -235,8 +235,9 @@ def ease_sparse(x: sp.csr_matrix, lam: float, neighbours: int, gram_k: int | Non
     gram_k = max(n, gram_k if gram_k is not None else 2 * n)
     deg = np.asarray(x.sum(0)).ravel().astype(np.float64)  # diag(G), exact
     src, dst, w = cooccurrence_topk(x, gram_k, workers=workers)  # sorted by src, then decreasing count
-    # an entry kept by either of its two rows is exact, so the symmetric union is a pruned XᵀX
-    g = _symmetric(src, dst, w, num_items)
+    # an entry kept by either of its two rows is exact, so the symmetric union is a pruned XᵀX; a local
+    # Gram is looked up in it entry by entry (sorted keys), never densified
+    lookup = _symmetric(src, dst, w, num_items)
     starts = np.searchsorted(src, np.arange(num_items))
     rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
     keep = rank < n
@@ -244,11 +245,6 @@ def ease_sparse(x: sp.csr_matrix, lam: float, neighbours: int, gram_k: int | Non
     rhs = np.zeros((num_items, n), dtype=np.float64)
     nb[src[keep], rank[keep]] = dst[keep]
     rhs[src[keep], rank[keep]] = w[keep]
-    # G's entries by key (row · I + col), sorted: a local Gram is looked up entry by entry, never densified
-    g = g.tocoo()
-    keys = torch.from_numpy(g.row.astype(np.int64) * num_items + g.col.astype(np.int64))
-    order_k = torch.argsort(keys)
-    lookup = (keys[order_k].contiguous(), torch.from_numpy(g.data.astype(np.float64))[order_k].contiguous())
     batch = max(1, max_union // n) * 8
 
     def solve(lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -264,11 +260,12 @@ def ease_sparse(x: sp.csr_matrix, lam: float, neighbours: int, gram_k: int | Non
     return sp.csr_matrix((vals, (rows, cols)), shape=(num_items, num_items))
 
 
-def _symmetric(src: np.ndarray, dst: np.ndarray, w: np.ndarray, n: int) -> sp.csr_matrix:
-    """Symmetric CSR from a top-k list: (a, b) and (b, a) both present, each pair once."""
+def _symmetric(src: np.ndarray, dst: np.ndarray, w: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A top-k list made symmetric, (a, b) and (b, a) both present, each pair once, as the lookup
+    :func:`_local_solve` reads: its keys ``row · n + col``, sorted, and their values (float64)."""
     s, d, ww = np.r_[src, dst], np.r_[dst, src], np.r_[w, w].astype(np.float64)
-    key, first = np.unique(s * n + d, return_index=True)
-    return sp.csr_matrix((ww[first], (key // n, key % n)), shape=(n, n))
+    key, first = np.unique(s * n + d, return_index=True)  # sorted
+    return torch.from_numpy(key.astype(np.int64)), torch.from_numpy(np.ascontiguousarray(ww[first]))
 
 
 def _local_solve(lookup: tuple[torch.Tensor, torch.Tensor], num_items: int, deg: np.ndarray, nb: np.ndarray,
