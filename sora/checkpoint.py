@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +56,7 @@ class Checkpointer:
     def _names(self) -> list[tuple[int, str]]:
         """(epoch, file name) of this trial's checkpoints, newest first."""
         out = []
-        for name in _list(self.uri):
+        for name in storage.list_names(self.uri):
             m = _NAME.match(name)
             if m and m["tag"] == self.tag:
                 out.append((int(m["epoch"]), name))
@@ -75,7 +74,7 @@ class Checkpointer:
         storage.write_bytes(_join(self.uri, name), buf.getvalue())
         for _, old in self._names():
             if old != name:
-                _remove(_join(self.uri, old))
+                storage.remove(_join(self.uri, old))
         log.debug("checkpoint %s (%.1f MB, %.2fs)", name, buf.tell() / 2**20, time.perf_counter() - t0)
 
     def latest(self) -> dict[str, Any] | None:
@@ -97,7 +96,7 @@ class Checkpointer:
         """Remove every checkpoint of the run (the model is written)."""
         if not self.writer:
             return
-        _remove(self.uri, recursive=True)
+        storage.remove(self.uri)
 
 
 def checkpoint_uri(model_uri: str) -> str:
@@ -107,33 +106,3 @@ def checkpoint_uri(model_uri: str) -> str:
 
 def _join(uri: str, name: str) -> str:
     return f"{uri.rstrip('/')}/{name}"
-
-
-def _list(uri: str) -> list[str]:
-    if not storage.is_remote(uri):
-        path = storage.local_path(uri)
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    fs, path = storage._fs(uri)
-    try:
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True))
-    except FileNotFoundError:
-        return []
-    except Exception as exc:  # noqa: BLE001 - one line naming the URI
-        raise storage._explain(uri, "list", exc) from exc
-
-
-def _remove(uri: str, recursive: bool = False) -> None:
-    if not storage.is_remote(uri):
-        path = storage.local_path(uri)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        return
-    fs, path = storage._fs(uri)
-    try:
-        fs.rm(path, recursive=recursive)
-    except FileNotFoundError:
-        pass
-    except Exception as exc:  # noqa: BLE001
-        raise storage._explain(uri, "remove", exc) from exc

@@ -129,6 +129,38 @@ def exists(uri: str) -> bool:
         raise _explain(uri, "reach", exc) from exc
 
 
+def list_names(uri: str) -> list[str]:
+    """The names directly under the directory or prefix ``uri``, sorted ([] when there is none)."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    fs, path = _fs(uri)
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False, refresh=True))
+    except FileNotFoundError:
+        return []
+    except Exception as exc:  # noqa: BLE001 - any client error becomes one line naming the URI
+        raise _explain(uri, "list", exc) from exc
+
+
+def remove(uri: str) -> None:
+    """Remove the file, object, directory or prefix at ``uri``; nothing there is not an error."""
+    if not is_remote(uri):
+        path = local_path(uri)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    fs, path = _fs(uri)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # noqa: BLE001
+        raise _explain(uri, "remove", exc) from exc
+
+
 def check_readable(uri: str) -> None:
     """Fail with one line naming ``uri`` when it cannot be listed (missing, unreachable, no access)."""
     if not exists(uri):
