@@ -194,27 +194,37 @@ def restore(state: dict[str, Any], model: SoraModel, opt: torch.optim.Optimizer,
     return int(state["epoch"])
 
 
-@torch.no_grad()
-def dot_scores(model: SoraModel, prep: Prepared):
-    """Device user indices (B,) → (B, I) dot-product scores of the current weights, on the training device.
+@dataclass
+class Frozen:
+    """The current weights as serving sees them (eval mode): graph tokens, item vectors and a user-vector
+    function over device user indices. What :func:`fit` freezes for every user and :func:`dot_scores`
+    scores for a batch of valid users, computed one way for both."""
 
-    The same vectors :func:`fit` freezes (eval mode, the histories as serving sees them), computed for the
-    batch's users only.
-    """
-    was_training = model.training
+    g_user: torch.Tensor  # (U, D)
+    g_item: torch.Tensor  # (I, D)
+    item_vecs: torch.Tensor  # (I, D)
+    causal: bool  # causal models read a user only through the history (anonymous token)
+    user_vectors: Any  # (B,) device user indices → (B, D)
+
+
+@torch.no_grad()
+def frozen(model: SoraModel, prep: Prepared) -> Frozen:
+    """Propagate once in eval mode (the model is left in eval mode; the loop sets train() each epoch)."""
     model.eval()
     g_user, g_item = model.propagate(prep.graph, prep.text)
-    item_vecs = model.item_vectors(g_item, prep.text)
     causal = prep.windows is not None and model.fusion is not None
-    model.train(was_training)
 
-    def score(users: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        uv = model.user_vectors(None if causal else g_user[users], prep.hist[users], prep.hmask[users], g_item)
-        model.train(was_training)
-        return uv @ item_vecs.T
+    def user_vectors(users: torch.Tensor) -> torch.Tensor:
+        return model.user_vectors(None if causal else g_user[users], prep.hist[users], prep.hmask[users], g_item)
 
-    return score
+    return Frozen(g_user, g_item, model.item_vectors(g_item, prep.text), causal, user_vectors)
+
+
+def dot_scores(model: SoraModel, prep: Prepared):
+    """Device user indices (B,) → (B, I) dot-product scores of the current weights, on the training device:
+    the vectors :func:`fit` freezes, for the batch's users only."""
+    f = frozen(model, prep)
+    return lambda users: f.user_vectors(users) @ f.item_vecs.T
 
 
 def distributed() -> tuple[int, int]:
@@ -402,21 +412,16 @@ def contrastive(model: SoraModel, prep: Prepared, u, i, tc: TrainConfig, gen: to
 @torch.no_grad()
 def fit(model: SoraModel, prep: Prepared, ii: sp.csr_matrix | np.ndarray | None) -> Recommender:
     """Freeze the current weights into fitted vectors (what serving uses), on the CPU."""
-    model.eval()
-    g_user, g_item = model.propagate(prep.graph, prep.text)
-    item_vecs = model.item_vectors(g_item, prep.text)
+    f = frozen(model, prep)
     static = prep.static
     num_users = len(static["user_ids"])
-    causal = prep.windows is not None and model.fusion is not None
-    users = []
-    for s in range(0, num_users, 4096):
-        b = torch.arange(s, min(s + 4096, num_users), device=g_user.device)
-        users.append(model.user_vectors(None if causal else g_user[b], prep.hist[b], prep.hmask[b], g_item))
+    users = [f.user_vectors(torch.arange(s, min(s + 4096, num_users), device=f.g_user.device))
+             for s in range(0, num_users, 4096)]
     cpu_model = copy.deepcopy(model).cpu()
     cpu_model.graph_encoder = None
     # Causal models read a user only through the history (anonymous token): without user_tokens the
     # Recommender re-runs that anonymous pass for recent events, which is then exact.
     return Recommender(**{**static, "meta": dict(static["meta"])}, model=cpu_model,
-                       user_vectors=torch.cat(users).cpu(), item_vectors=item_vecs.cpu(), item_tokens=g_item.cpu(),
-                       history=prep.hist.cpu(), history_mask=prep.hmask.cpu(), ii=ii, alpha=0.0,
-                       user_tokens=None if causal else g_user.cpu())
+                       user_vectors=torch.cat(users).cpu(), item_vectors=f.item_vecs.cpu(),
+                       item_tokens=f.g_item.cpu(), history=prep.hist.cpu(), history_mask=prep.hmask.cpu(), ii=ii,
+                       alpha=0.0, user_tokens=None if f.causal else f.g_user.cpu())
