@@ -177,53 +177,54 @@ def build_pipeline(settings: ClusterSettings | None = None, distributed: bool = 
                    "recommender" + (" (multi-node training as a Kubeflow Trainer TrainJob)." if distributed else "."))
 
     if distributed:
-        @dsl.pipeline(name=PIPELINE_NAME + "-distributed", description=description)
         def sora_training(data_uri: str, config_overrides: list[str] = [], tracking_uri: str = "",  # noqa: B006
                           model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
                           embedding_cache: str = "", run_baselines: bool = True, reference_data_uri: str = "",
                           batch_top_k: int = 0, snapshot_root: str = "", num_nodes: int = 2, model_root: str = ""):
-            """The Sora training pipeline with a multi-node train step.
-
-            Args:
-                data_uri: Dataset the steps read: an object-store prefix (s3://bucket/prefix, gs://...) or a mounted path.
-                config_overrides: Config overrides, one key=value per item, e.g. ["train.max_epochs=20", "model.dim=64"].
-                tracking_uri: MLflow server URL; empty = MLFLOW_TRACKING_URI from the pipeline's Secret.
-                model_name: Registered model name in MLflow.
-                promotion_margin: Relative NDCG@10 margin by which the challenger must beat the champion.
-                gpu_count: GPUs per TrainJob node (0 = CPU nodes).
-                embedding_cache: Embedding cache shared by runs (an object-store prefix); empty = none.
-                run_baselines: Score MostPop, EASE, BPR-MF and LightGCN beside Sora in the evaluate step.
-                reference_data_uri: Data to check drift against; empty = the snapshot the champion was trained on.
-                batch_top_k: After a promotion, write the new champion's top-K for every user (0 = skip).
-                snapshot_root: Object-store prefix for the immutable data snapshots; empty = SORA_SNAPSHOT_ROOT from the Secret.
-                num_nodes: TrainJob nodes.
-                model_root: Object-store prefix the TrainJob writes its model under (one folder per run).
-            """
             _gates(dict(locals()))
+
+        sora_training = dsl.pipeline(name=PIPELINE_NAME + "-distributed", description=description)(
+            _described(sora_training, "The Sora training pipeline with a multi-node train step.",
+                       gpu_count="GPUs per TrainJob node (0 = CPU nodes)."))
     else:
-        @dsl.pipeline(name=PIPELINE_NAME, description=description)
         def sora_training(data_uri: str, config_overrides: list[str] = [], tracking_uri: str = "",  # noqa: B006
                           model_name: str = "sora", promotion_margin: float = 0.0, gpu_count: int = 0,
                           embedding_cache: str = "", run_baselines: bool = True, reference_data_uri: str = "",
                           batch_top_k: int = 0, snapshot_root: str = ""):
-            """The Sora training pipeline.
-
-            Args:
-                data_uri: Dataset the steps read: an object-store prefix (s3://bucket/prefix, gs://...) or a mounted path.
-                config_overrides: Config overrides, one key=value per item, e.g. ["train.max_epochs=20", "model.dim=64"].
-                tracking_uri: MLflow server URL; empty = MLFLOW_TRACKING_URI from the pipeline's Secret.
-                model_name: Registered model name in MLflow.
-                promotion_margin: Relative NDCG@10 margin by which the challenger must beat the champion.
-                gpu_count: GPUs for the train step (0 = CPU nodes).
-                embedding_cache: Embedding cache shared by runs (an object-store prefix); empty = none.
-                run_baselines: Score MostPop, EASE, BPR-MF and LightGCN beside Sora in the evaluate step.
-                reference_data_uri: Data to check drift against; empty = the snapshot the champion was trained on.
-                batch_top_k: After a promotion, write the new champion's top-K for every user (0 = skip).
-                snapshot_root: Object-store prefix for the immutable data snapshots; empty = SORA_SNAPSHOT_ROOT from the Secret.
-            """
             _gates(dict(locals()))
 
+        sora_training = dsl.pipeline(name=PIPELINE_NAME, description=description)(
+            _described(sora_training, "The Sora training pipeline.",
+                       gpu_count="GPUs for the train step (0 = CPU nodes)."))
+
     return sora_training
+
+
+#: what the Kubeflow UI shows beside each pipeline parameter (both pipelines; read from the docstring)
+PARAMETER_DOCS = {
+    "data_uri": "Dataset the steps read: an object-store prefix (s3://bucket/prefix, gs://...) or a mounted path.",
+    "config_overrides": 'Config overrides, one key=value per item, e.g. ["train.max_epochs=20", "model.dim=64"].',
+    "tracking_uri": "MLflow server URL; empty = MLFLOW_TRACKING_URI from the pipeline's Secret.",
+    "model_name": "Registered model name in MLflow.",
+    "promotion_margin": "Relative NDCG@10 margin by which the challenger must beat the champion.",
+    "embedding_cache": "Embedding cache shared by runs (an object-store prefix); empty = none.",
+    "run_baselines": "Score MostPop, EASE, BPR-MF and LightGCN beside Sora in the evaluate step.",
+    "reference_data_uri": "Data to check drift against; empty = the snapshot the champion was trained on.",
+    "batch_top_k": "After a promotion, write the new champion's top-K for every user (0 = skip).",
+    "snapshot_root": "Object-store prefix for the immutable data snapshots; empty = SORA_SNAPSHOT_ROOT from the Secret.",
+    "num_nodes": "TrainJob nodes.",
+    "model_root": "Object-store prefix the TrainJob writes its model under (one folder per run).",
+}
+
+
+def _described(fn, title: str, **docs: str):
+    """``fn`` with a Google-style docstring describing each of its parameters (KFP reads it for the UI)."""
+    import inspect
+
+    docs = {**PARAMETER_DOCS, **docs}
+    fn.__doc__ = title + "\n\nArgs:\n" + "\n".join(f"    {name}: {docs[name]}"
+                                                 for name in inspect.signature(fn).parameters)
+    return fn
 
 
 def compile_pipeline(path: str | Path, settings: ClusterSettings | None = None, distributed: bool = False) -> Path:
