@@ -223,9 +223,14 @@ class TuneConfig:
     decay are always chosen on valid, without extra trainings.
     """
 
-    #: null = by training mode (``AUTO``): set training tries temperatures 0.2 and 1.0; causal training
-    #: trains once at ``train.temperature`` (null: 1.0 there, 0.2 for set training).
+    #: null = by training mode (``AUTO``): set training tries temperatures 1.0 and 0.2 (in that order);
+    #: causal training trains once at ``train.temperature`` (null: 1.0 there, 0.2 for set training).
     grid: tuple[str, ...] | None = None
+    #: A trial after the first trains past the warm-up (its first evaluated epoch from ``train.warmup_epochs``
+    #: on) only where its valid NDCG@10 there beats the first trial's at the same epoch by at least this many
+    #: of the first trial's standard errors (over valid users): what a valid set of that size cannot tell
+    #: apart early does not pay for a whole training. null = every trial trains to the end.
+    prune_lead_se: float | None = 1.0
 
 
 @dataclass
@@ -313,7 +318,7 @@ AUTO: dict[str, tuple[Any, Any]] = {
     "train.lr": (1e-2, 1e-3),
     "train.batch_size": (4096, 1600),
     "train.temperature": (0.2, 1.0),
-    "tune.grid": (("train.temperature=0.2,1.0",), ()),
+    "tune.grid": (("train.temperature=1.0,0.2",), ()),
 }
 #: What a cold-item split (set training) takes instead: the position std decides a lot there and its best
 #: value differs between data sets (benchmarks/RESULTS.md, quality notes of 2026-12-04), so valid chooses it.
@@ -609,7 +614,7 @@ _LIMITS: dict[str, str] = {
     **dict.fromkeys(["graph.ease_lambda", "train.lr", "train.temperature", "registry.connect_timeout_s",
                      "model.position_std"], ">0"),
     **dict.fromkeys(["model.side_weight", "train.weight_decay", "train.contrastive_weight",
-                     "registry.promotion_margin", "registry.max_retries", "serve.grace_period_s",
+                     "registry.promotion_margin", "registry.max_retries", "serve.grace_period_s", "tune.prune_lead_se",
                      "serve.poll_interval_s"], ">=0"),  # poll_interval_s=0: load once, never poll
     **dict.fromkeys(["serve.max_id_length", "serve.max_list_length", "serve.max_body_bytes", "serve.ann_nprobe"],
                     ">=1"),

@@ -90,7 +90,8 @@ def attributions(rec: Recommender, newest_first: list[int], history: np.ndarray,
     ``transitions``: the transition head's (items, weights) when the model has one
     (``Recommender.transition_history``).
     """
-    window, net = network_leave_one_out(rec, newest_first, targets, user_token)
+    window, net = (network_leave_one_out(rec, newest_first, targets, user_token) if rec.network_weight
+                   else ([], None))  # a model serving its heads alone: the network has no share
     history = np.asarray(history, dtype=np.int64)
     parts = [history, np.asarray(window, dtype=np.int64)]
     if transitions is not None:
@@ -103,7 +104,7 @@ def attributions(rec: Recommender, newest_first: list[int], history: np.ndarray,
         trans_w = np.zeros(len(items), np.float32)
         trans_w[np.searchsorted(items, np.asarray(transitions[0], dtype=np.int64))] = transitions[1]
         weights += transition_contributions(rec, items, targets, trans_w)
-    if len(window):
+    if len(window) and rec.network_weight:
         rows = np.searchsorted(items, np.asarray(window, dtype=np.int64))
         weights[rows] += net.numpy()
     return items, weights

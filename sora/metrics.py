@@ -116,6 +116,18 @@ def evaluate_scores(score_fn: ScoreFn, eval_users: np.ndarray, eval_items: np.nd
     return metrics_from_topk(topk, relevant, ks, n_cand, per_user)
 
 
+def standard_error(values: np.ndarray) -> float:
+    """The standard error of the mean of per-user values (0 for fewer than two users)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(mean of a − b, its standard error) for two models' per-user values over the same users."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(d.mean()) if len(d) else 0.0, standard_error(d)
+
+
 def metric_name(key: str) -> str:
     """One metric naming scheme for the Kubeflow UI and MLflow: ``test_ndcg@10`` → ``test_ndcg_at_10``.
 

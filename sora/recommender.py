@@ -25,7 +25,8 @@ items propagated over EASE-weighted item↔item edges). The head weighs each his
 decay below 1 the weighted training rows are saved as ``head.*`` tensors. Models of next-item protocols
 may add ``beta`` times the transition head (:mod:`sora.transitions`: which items followed the user's newest
 ones), saved as ``trans.*`` (the (I, I) matrix) and ``trans_rows.*`` (the users' histories weighted by
-``transition_decay ** age``) tensors.
+``transition_decay ** age``) tensors. ``network_weight`` is 1, or 0 when valid preferred the heads alone
+(:func:`sora.selection.select_alpha`): the ``user · item`` term then drops out of every score.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,8 @@ class ModelLoadError(ValueError):
 
 MODEL_FILES = ("config.json", "meta.json", "model.safetensors", "items.parquet")
 #: meta.json keys written by :meth:`Recommender.save` itself (not part of ``Recommender.meta``)
-_OWN_META = ("user_ids", "item_ids", "alpha", "head_decay", "beta", "transition_decay", "has_transitions", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
+_OWN_META = ("user_ids", "item_ids", "alpha", "head_decay", "beta", "transition_decay", "network_weight",
+             "has_transitions", "has_ii", "has_user_tokens", "has_item_text", "has_ann")
 
 
 def _csr_tensors(prefix: str, m: sp.csr_matrix, values: bool = False) -> dict[str, torch.Tensor]:
@@ -115,6 +118,8 @@ class Recommender:
     beta: float = 0.0
     transition_decay: float = 1.0
     transition_rows: sp.csr_matrix | None = None
+    #: the network's (``user · item``) weight in the score: 1, or 0 when valid preferred the heads alone
+    network_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.user_index = {u: k for k, u in enumerate(self.user_ids)}
@@ -125,6 +130,8 @@ class Recommender:
             raise ValueError(f"head_decay {self.head_decay} needs head_weights exactly when it is below 1")
         if (self.transitions is None) != (self.transition_rows is None):
             raise ValueError("a transition head needs both its matrix and the users' weighted rows")
+        if self.network_weight not in (0.0, 1.0) or (not self.network_weight and not (self.alpha or self.beta)):
+            raise ValueError(f"network_weight {self.network_weight} must be 1, or 0 with a head weighted in")
         self.model.eval()
         pop = np.asarray(self.seen.sum(0)).ravel()
         self.popularity = torch.from_numpy(pop.astype(np.float32))
@@ -238,11 +245,18 @@ class Recommender:
                                           for s in range(0, self.num_users, step)])
         return self
 
+    def _network(self, user: Callable[[], torch.Tensor], n: int | None = None) -> torch.Tensor:
+        """``user() @ item_vectors.T`` ((n, I), or (I,) for n None); zeros without calling ``user`` when the
+        network's weight is 0."""
+        if not self.network_weight:
+            return torch.zeros(self.num_items) if n is None else torch.zeros(n, self.num_items)
+        return user() @ self.item_vectors.T
+
     def score_users(self, users: np.ndarray, alpha: float | None = None) -> torch.Tensor:
         """(B,) user indices → (B, I) scores."""
         alpha = self.alpha if alpha is None else alpha
         idx = torch.tensor(users, dtype=torch.long)  # a copy: pandas hands out read-only arrays, as_tensor warns
-        s = self.user_vectors[idx] @ self.item_vectors.T
+        s = self._network(lambda: self.user_vectors[idx], len(idx))
         if alpha:
             s = s + alpha * self._ii_scores(self._head_rows(users))
         if self.beta and self.transitions is not None:
@@ -280,7 +294,7 @@ class Recommender:
             if self._scores is not None and (alpha is None or alpha == self.alpha):
                 return self._scores[u]
             return self.score_users(np.array([u]), alpha)[0]
-        s = self.user_vectors_with(u, recent) @ self.item_vectors.T
+        s = self._network(lambda: self.user_vectors_with(u, recent))
         heads = self._heads(u, recent, alpha)  # a recent repeat of a training item counts once, like training
         return s if heads is None else s + heads
 
@@ -314,7 +328,7 @@ class Recommender:
     @torch.no_grad()
     def score_history(self, items: list[int]) -> torch.Tensor:
         """(I,) scores for an anonymous user whose history is ``items`` (oldest first)."""
-        s = self.item_vectors @ self.history_vector(items)
+        s = self._network(lambda: self.history_vector(items))
         heads = self._heads(None, items)
         return s if heads is None else s + heads
 
@@ -396,7 +410,7 @@ class Recommender:
         if not len(cand):
             return []
         c = torch.from_numpy(cand)
-        s = self.item_vectors[c] @ user
+        s = self.item_vectors[c] @ user * self.network_weight
         if reach is not None:
             s = s + torch.from_numpy(reach[cand])
         top = torch.topk(s, min(k, len(cand)))
@@ -491,7 +505,7 @@ class Recommender:
             self.config.save(tmp / "config.json")
             meta = {**self.meta, "user_ids": self.user_ids, "item_ids": self.item_ids, "alpha": self.alpha,
                     "head_decay": self.head_decay, "beta": self.beta, "transition_decay": self.transition_decay,
-                    "has_transitions": self.transitions is not None,
+                    "network_weight": self.network_weight, "has_transitions": self.transitions is not None,
                     "has_ii": self.ii is not None, "has_user_tokens": self.user_tokens is not None,
                     "has_item_text": self.item_text is not None, "has_ann": self.ann is not None}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -597,7 +611,7 @@ class Recommender:
                    user_tokens=t.get("user_tokens"), item_text=t.get("item_text"), ann=ann,
                    head_decay=float(meta.get("head_decay", 1.0)), head_weights=head, transitions=trans,
                    beta=float(meta.get("beta", 0.0)), transition_decay=float(meta.get("transition_decay", 1.0)),
-                   transition_rows=trans_rows)
+                   transition_rows=trans_rows, network_weight=float(meta.get("network_weight", 1.0)))
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -615,6 +629,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     decay = meta.get("head_decay", 1.0)
     if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay <= 1:
         raise ModelLoadError(f"{path}: 'head_decay' must be a number in (0, 1], got {decay!r}")
+    if meta.get("network_weight", 1.0) not in (0, 1) or isinstance(meta.get("network_weight"), bool):
+        raise ModelLoadError(f"{path}: 'network_weight' must be 0 or 1, got {meta.get('network_weight')!r}")
     return meta
 
 

@@ -22,7 +22,7 @@ import torch
 
 from sora.config import SoraConfig, TrainConfig
 from sora.itemsim import ease_score_fn, ease_weights
-from sora.metrics import evaluate_scores
+from sora.metrics import evaluate_scores, paired_difference, standard_error
 from sora.protocol import history_of, recency_ease_scores, recency_matrix, with_histories
 from sora.recommender import Recommender
 from sora.split import Split
@@ -156,21 +156,49 @@ class BestEpoch:
 
 def valid_metrics(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
                   x_train: sp.csr_matrix, candidates: np.ndarray | None = None,
-                  alpha: float | None = None) -> dict[str, float]:
+                  alpha: float | None = None, per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """``rec``'s valid metrics (``eval.ks``) with the item–item head at weight ``alpha`` (None: ``rec.alpha``)."""
     return evaluate_scores(lambda b: rec.score_users(b, alpha=alpha), valid_users, valid_items, rec.num_items,
-                           cfg.eval.ks, exclude=x_train, candidates=candidates, batch_size=cfg.eval.batch_size)
+                           cfg.eval.ks, exclude=x_train, candidates=candidates, batch_size=cfg.eval.batch_size,
+                           per_user=per_user)
+
+
+def valid_uncertainty(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
+                      x_train: sp.csr_matrix, candidates: np.ndarray | None = None) -> dict[str, Any]:
+    """How far valid can tell ``rec``'s choice apart: the standard error of its valid NDCG@10 over valid
+    users, and its paired difference (± standard error) over the network alone (no head) and over the heads
+    alone (no network), as far as those differ from the choice."""
+    def per_user() -> np.ndarray:
+        out: dict[str, np.ndarray] = {}
+        valid_metrics(rec, valid_users, valid_items, cfg, x_train, candidates, per_user=out)
+        return out.get("ndcg@10", np.zeros(0))
+
+    chosen = per_user()
+    report: dict[str, Any] = {"ndcg@10_se": standard_error(chosen)}
+    kept = (rec.alpha, rec.beta, rec.network_weight)
+    if rec.alpha or rec.beta:
+        rec.alpha, rec.beta, rec.network_weight = 0.0, 0.0, 1.0
+        report["over network alone"] = paired_difference(chosen, per_user())
+        rec.alpha, rec.beta, rec.network_weight = kept
+    if rec.network_weight and (rec.alpha or rec.beta):
+        rec.network_weight = 0.0
+        report["over heads alone"] = paired_difference(chosen, per_user())
+        rec.network_weight = 1.0
+    log.info("valid ndcg@10 standard error %.4f; %s", report["ndcg@10_se"],
+             "; ".join(f"{k}: {d:+.4f} ± {e:.4f}" for k, (d, e) in
+                       ((k, v) for k, v in report.items() if k.startswith("over"))) or "no alternative")
+    return report
 
 
 def _dot_on_sample(rec: Recommender, valid_users: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-    """(valid users sampled, their (sample, I) scores without a head): the spread a head's weight is scaled to.
+    """(valid users sampled, their (sample, I) network scores ``user · item``): the spread a head's weight is
+    scaled to (whatever the network's weight in the score).
 
-    The sample is capped so its dense scores stay under ~100 MB on huge catalogues. Called before a head
-    is weighted in (``rec.beta`` 0), so the scores are the dot product alone.
+    The sample is capped so its dense scores stay under ~100 MB on huge catalogues.
     """
     n_sample = int(np.clip(25_000_000 // max(rec.num_items, 1), 16, 512))
     sample = np.unique(valid_users)[:n_sample]
-    return sample, rec.score_users(sample, alpha=0.0)
+    return sample, rec.user_vectors[torch.as_tensor(sample, dtype=torch.long)] @ rec.item_vectors.T
 
 
 def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
@@ -183,6 +211,7 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
     wins (the first of equals: decay 1 and smaller weights first). Returns the valid metrics there.
     """
     vu, vi = valid_users, valid_items
+    rec.network_weight = 1.0
     run = partial(valid_metrics, rec, vu, vi, cfg, x_train, candidates)
 
     if rec.ii is None or len(vu) == 0:
@@ -190,24 +219,30 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
     decays = tuple(cfg.train.head_decays) if train_sequences is not None else (1.0,)
     # Put both terms on one scale first: alpha multiplies the ratio of their spreads on valid users.
     sample, dot = _dot_on_sample(rec, vu)
-    scored: list[tuple[dict[str, float], float, float, sp.csr_matrix | None]] = []
+    scored: list[tuple[dict[str, float], float, float, sp.csr_matrix | None, float]] = []
     for decay in decays:
         weights = None if decay == 1.0 else recency_matrix(train_sequences, rec.num_items, decay)
         rec.head_decay, rec.head_weights = decay, weights
         ii = rec._ii_scores(rec._head_rows(sample))
         scale = float(dot.std() / ii.std().clamp(min=1e-12))
-        scored += [(run(a * scale), a * scale, decay, weights) for a in ALPHA_GRID if a or decay == decays[0]]
-    metrics, alpha, decay, weights = max(scored, key=lambda t: t[0]["ndcg@10"])
-    rec.alpha, rec.head_decay, rec.head_weights = alpha, decay, weights
-    rec.meta["alpha_grid"] = {f"{a:.4g}": m["ndcg@10"] for m, a, d, _ in scored if d == decay or not a}
-    rec.meta["head_decay_grid"] = {f"{d:g}": max(m["ndcg@10"] for m, _, dd, _ in scored if dd == d) for d in decays}
-    log.info("item-item weight %.4g, decay %g selected on valid (ndcg@10 %.4f)", alpha, decay, metrics["ndcg@10"])
+        scored += [(run(a * scale), a * scale, decay, weights, 1.0) for a in ALPHA_GRID if a or decay == decays[0]]
+        rec.network_weight = 0.0  # the head alone: Sora never serves a network valid says is worse than it
+        scored.append((run(scale), scale, decay, weights, 0.0))
+        rec.network_weight = 1.0
+    metrics, alpha, decay, weights, network = max(scored, key=lambda t: t[0]["ndcg@10"])
+    rec.alpha, rec.head_decay, rec.head_weights, rec.network_weight = alpha, decay, weights, network
+    rec.meta["alpha_grid"] = {(f"{a:.4g}" if n else "head alone"): m["ndcg@10"]
+                              for m, a, d, _, n in scored if d == decay or not a}
+    rec.meta["head_decay_grid"] = {f"{d:g}": max(m["ndcg@10"] for m, _, dd, _, _ in scored if dd == d)
+                                   for d in decays}
+    log.info("item-item weight %.4g, decay %g%s selected on valid (ndcg@10 %.4f)", alpha, decay,
+             "" if network else ", the network left out (the head alone)", metrics["ndcg@10"])
     return metrics
 
 
 #: the Recommender fields the heads' selection sets (restored to the winner's after trying each λ)
 _HEAD_FIELDS = ("ii", "alpha", "head_decay", "head_weights", "transitions", "beta", "transition_decay",
-                "transition_rows")
+                "transition_rows", "network_weight")
 _HEAD_META = ("alpha_grid", "head_decay_grid", "transition_grid")
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -30,7 +31,7 @@ from sora.config import GraphConfig, SoraConfig
 from sora.data import Dataset
 from sora.protocol import sequences
 from sora.recommender import Recommender
-from sora.selection import ALPHA_GRID, select_heads, valid_metrics
+from sora.selection import ALPHA_GRID, select_heads, valid_metrics, valid_uncertainty
 from sora.split import Split, make_split
 from sora.text import EmbeddingCache, ItemEmbeddings, TextEncoder, embed_items, load_encoder
 from sora.training_device import (
@@ -60,7 +61,7 @@ __all__ = ["ALPHA_GRID", "Prepared", "TrainResult", "item_item_head", "prepare",
 
 @dataclass
 class TrainResult:
-    recommender: Recommender
+    recommender: Recommender | None  # None: a tuning trial stopped by its prune rule
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
@@ -68,6 +69,11 @@ class TrainResult:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     #: the preparation, kept only while tuning trials share it
     prepared: Prepared | None = None
+
+    @property
+    def valid_se(self) -> float:
+        """The standard error of valid NDCG@10 over valid users at the kept epoch (before the heads)."""
+        return next((r.get("valid_ndcg@10_se", 0.0) for r in self.history if r["epoch"] == self.best_epoch), 0.0)
 
 
 def seed_everything(seed: int) -> None:
@@ -134,7 +140,9 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     """Train Sora on ``split`` and return the fitted recommender with its per-epoch history.
 
     With a ``tune.grid``, trains once per combination and returns the one with the best valid NDCG@10
-    (the first of equals); its config carries the chosen values and ``meta["tuning"]`` every trial.
+    (the first of equals); its config carries the chosen values and ``meta["tuning"]`` every trial, with
+    its valid standard error. A trial after the first that does not lead the first by ``tune.prune_lead_se``
+    standard errors at the end of the warm-up stops there (:func:`prune_rule`) and is not a candidate.
     ``prepared`` reuses a :class:`Prepared` built earlier for the same split and config. ``checkpoint``:
     where each trial's loop saves its state and resumes from (:mod:`sora.checkpoint`); a finished trial's
     last checkpoint lets a restarted run skip its epochs.
@@ -156,29 +164,65 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     best: TrainResult | None = None
     report = []
     prepared = prepared if shared else None  # a caller's preparation fits trials that do not change it
+    first: list[dict[str, Any]] | None = None  # the first trial's per-epoch history: what later ones must beat
     for n, overrides in enumerate(trials, 1):
         log.info("tuning on valid, trial %d/%d: %s", n, len(trials), " ".join(overrides))
         trial_cfg = cfg.with_overrides(overrides)
+        prune = None if first is None else prune_rule(first, trial_cfg)
         res = _train_once(split, embeddings, items, trial_cfg, user_edges_df, progress, prepared,
-                          keep_prepared=shared, checkpoint=trial_checkpoint(n, trial_cfg))
+                          keep_prepared=shared, checkpoint=trial_checkpoint(n, trial_cfg), prune=prune)
         prepared, res.prepared = res.prepared, None
-        report.append({"overrides": overrides, "valid_ndcg@10": res.valid.get("ndcg@10", 0.0),
-                       "best_epoch": res.best_epoch, "seconds": round(res.seconds, 1)})
-        log.info("trial %d/%d: valid ndcg@10 %.4f", n, len(trials), report[-1]["valid_ndcg@10"])
-        if best is None or report[-1]["valid_ndcg@10"] > best.valid.get("ndcg@10", 0.0):
+        first = res.history if first is None else first
+        entry = {"overrides": overrides, "valid_ndcg@10": res.valid.get("ndcg@10", 0.0),
+                 "valid_ndcg@10_se": res.valid_se, "best_epoch": res.best_epoch, "seconds": round(res.seconds, 1)}
+        if res.recommender is None:
+            entry["pruned_at_epoch"] = res.history[-1]["epoch"]
+            log.info("trial %d/%d: stopped at epoch %d, valid ndcg@10 %.4f: not ahead of trial 1 by %g standard "
+                     "errors", n, len(trials), entry["pruned_at_epoch"], res.history[-1]["valid_ndcg@10"],
+                     cfg.tune.prune_lead_se)
+        else:
+            log.info("trial %d/%d: valid ndcg@10 %.4f ± %.4f", n, len(trials), entry["valid_ndcg@10"],
+                     entry["valid_ndcg@10_se"])
+        report.append(entry)
+        if res.recommender is not None and (best is None or entry["valid_ndcg@10"] > best.valid.get("ndcg@10", 0.0)):
             best = res
     assert best is not None
     best.seconds = time.perf_counter() - start
     best.recommender.meta["tuning"] = report
     best.recommender.meta["train_seconds"] = best.seconds
-    chosen = next(r["overrides"] for r in report if r["valid_ndcg@10"] == best.valid.get("ndcg@10", 0.0))
+    chosen = next(r["overrides"] for r in report
+                  if "pruned_at_epoch" not in r and r["valid_ndcg@10"] == best.valid.get("ndcg@10", 0.0))
     log.info("tuned on valid: %s (valid ndcg@10 %.4f)", " ".join(chosen), best.valid.get("ndcg@10", 0.0))
     return best
 
 
+def prune_rule(first: list[dict[str, Any]], cfg: SoraConfig) -> Callable[[int, float], bool] | None:
+    """``run_epochs``' prune rule for a trial after the first (None: ``tune.prune_lead_se`` null).
+
+    At its first evaluated epoch from ``train.warmup_epochs`` on, the trial goes on only if its valid
+    NDCG@10 is at least the first trial's at that epoch plus ``tune.prune_lead_se`` times the first
+    trial's standard error there; the first trial's last evaluation stands in when it stopped earlier.
+    """
+    lead = cfg.tune.prune_lead_se
+    evaluated = [r for r in first if "valid_ndcg@10" in r]
+    if lead is None or not evaluated:
+        return None
+    judged: list[int] = []
+
+    def prune(epoch: int, metric: float) -> bool:
+        if judged or epoch < cfg.train.warmup_epochs:
+            return False
+        judged.append(epoch)
+        ref = next((r for r in evaluated if r["epoch"] >= epoch), evaluated[-1])
+        return metric < ref["valid_ndcg@10"] + lead * ref.get("valid_ndcg@10_se", 0.0)
+
+    return prune
+
+
 def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataFrame, cfg: SoraConfig,
                 user_edges_df: pd.DataFrame | None, progress: bool, prepared: Prepared | None,
-                keep_prepared: bool = False, checkpoint: Checkpointer | None = None) -> TrainResult:
+                keep_prepared: bool = False, checkpoint: Checkpointer | None = None,
+                prune: Callable[[int, float], bool] | None = None) -> TrainResult:
     start = time.perf_counter()
     tc = cfg.train  # resolved by train_model
     device = resolve_device(tc.device)  # an impossible device fails here, before any work
@@ -191,7 +235,11 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     prep = prepared or prepare_training(split, embeddings, items, cfg, device, user_edges_df)
     model = build_model(prep, cfg)
     with deterministic(device):  # the same seed gives the same model on the CPU, run after run
-        loop = run_epochs(model, prep, cfg, progress, checkpoint=checkpoint)
+        loop = run_epochs(model, prep, cfg, progress, checkpoint=checkpoint, prune=prune)
+    if loop.pruned_at is not None:  # not a candidate: nothing is fitted or selected for it
+        return TrainResult(None, loop.history, loop.best.epoch, time.perf_counter() - start,
+                           {"ndcg@10": loop.history[-1].get("valid_ndcg@10", 0.0)}, prep.stages,
+                           prep if keep_prepared else None)
     rec = fit(model, prep, prep.ii)
     if loop.head_weight is not None:
         trained_head(rec, prep, loop.head_weight)
@@ -213,6 +261,8 @@ def _train_once(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
         valid = valid_metrics(rec, vu, vi, cfg, prep.x_train, candidates)
         log.info("item-item weight %.4g, decay %g learned in training (valid ndcg@10 %.4f)", rec.alpha,
                  rec.head_decay, valid["ndcg@10"])
+    if len(vu):
+        rec.meta["valid_uncertainty"] = valid_uncertainty(rec, vu, vi, cfg, prep.x_train, candidates)
     result = TrainResult(rec, loop.history, loop.best.epoch, time.perf_counter() - start, valid, prep.stages,
                          prep if keep_prepared else None)
     info["peak_memory_gb"] = peak_device_memory_gb(device)

@@ -17,6 +17,7 @@ import contextlib
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from sora.checkpoint import Checkpointer
 from sora.config import SoraConfig, TrainConfig
-from sora.metrics import DeviceRanker, evaluate_scores
+from sora.metrics import DeviceRanker, evaluate_scores, standard_error
 from sora.model import SoraModel
 from sora.recommender import Recommender
 from sora.selection import BestEpoch
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 class LoopResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: BestEpoch | None = None
+    #: the epoch a ``prune`` rule stopped the run at (None: it ran to the end or early stopping)
+    pruned_at: int | None = None
 
     @property
     def head_weight(self) -> float | None:
@@ -58,9 +61,13 @@ def trained_head(rec: Recommender, prep: Prepared, alpha: float) -> Recommender:
 
 
 def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool = True,
-               max_steps: int | None = None, checkpoint: Checkpointer | None = None) -> LoopResult:
+               max_steps: int | None = None, checkpoint: Checkpointer | None = None,
+               prune: Callable[[int, float], bool] | None = None) -> LoopResult:
     """Train ``model`` on ``prep`` until ``train.max_epochs`` or early stopping; loads the best epoch's weights.
 
+    Every evaluated epoch records valid NDCG@10 and its standard error over valid users
+    (``valid_ndcg@10_se``). ``prune(epoch, valid NDCG@10)`` True stops the run there
+    (``LoopResult.pruned_at``; a tuning trial that did not earn its full training).
     ``max_steps`` (benchmarks) stops each epoch after that many optimiser steps. ``checkpoint``: every
     ``train.checkpoint_every`` epochs the loop's whole state is saved there, and a run that finds one
     resumes from it (``resumed from epoch N``) and ends with the model an uninterrupted run gives.
@@ -109,6 +116,7 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
         # said at warning level: a person running `sora train` without -v should see a run was resumed
         log.warning("resumed from epoch %d (%s)", start - 1, checkpoint.uri)
     stop = state is not None and state.get("stopped", False)
+    pruned_at = None if state is None else state.get("pruned_at")
     bar = tqdm(range(start, tc.max_epochs + 1), desc="training", unit="epoch", disable=not progress or rank > 0,
                initial=start - 1, total=tc.max_epochs)
     for epoch in ([] if stop else bar):
@@ -140,30 +148,35 @@ def run_epochs(model: SoraModel, prep: Prepared, cfg: SoraConfig, progress: bool
                   "steps": steps}
         if epoch % tc.eval_every == 0 or epoch == tc.max_epochs:
             t1 = time.perf_counter()
+            per_user: dict[str, np.ndarray] = {}
             if ranker is not None:
-                metrics = ranker.evaluate(dot_scores(model, prep))
+                metrics = ranker.evaluate(dot_scores(model, prep), per_user)
             else:  # the logits' gain · head = alpha · head / T
                 rec = trained_head(fit(model, prep, prep.ii), prep, float(log_gain.exp()) * tc.temperature)
                 metrics = evaluate_scores(partial(rec.score_users, alpha=rec.alpha), vu, vi, num_items, (10, 20),
                                           exclude=prep.x_train, candidates=candidates,
-                                          batch_size=cfg.eval.batch_size)
+                                          batch_size=cfg.eval.batch_size, per_user=per_user)
                 record["head_weight"] = rec.alpha
             record.update({f"valid_{k}": v for k, v in metrics.items() if k in ("ndcg@10", "recall@10", "recall@20")})
+            record["valid_ndcg@10_se"] = standard_error(per_user.get("ndcg@10", np.zeros(0)))
             record["eval_seconds"] = time.perf_counter() - t1
             best.update(epoch, metrics["ndcg@10"], model.state_dict())
             bar.set_postfix(loss=f"{record['loss']:.4f}", ndcg10=f"{metrics['ndcg@10']:.4f}")
         history.append(record)
         log.debug("epoch %s", record)
         stop = best.should_stop(epoch)
+        if prune is not None and "valid_ndcg@10" in record and prune(epoch, record["valid_ndcg@10"]):
+            pruned_at = epoch
+            stop = True
         if checkpoint is not None and checkpoint.due(epoch, stop or epoch == tc.max_epochs):
-            checkpoint.save(epoch, snapshot(model, opt, log_gain, gen, best, history, stop))
+            checkpoint.save(epoch, {**snapshot(model, opt, log_gain, gen, best, history, stop), "pruned_at": pruned_at})
         if stop:
             log.info("early stop at epoch %d (best %d, valid ndcg@10 %.4f)", epoch, best.epoch, best.metric)
             break
     bar.close()
     if best.state is not None:
         model.load_state_dict(best.state)
-    return LoopResult(history, best)
+    return LoopResult(history, best, pruned_at)
 
 
 def snapshot(model: SoraModel, opt: torch.optim.Optimizer, log_gain: torch.Tensor | None, gen: torch.Generator,

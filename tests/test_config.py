@@ -186,11 +186,11 @@ def test_null_keys_resolve_by_training_mode():
             section, name = key.split(".")
             expected = AUTO_COLD_ITEM.get(key, values[causal]) if mode == "cold-item" else values[causal]
             assert getattr(getattr(r, section), name) == expected, (mode, key)
-    assert SoraConfig().resolved().tune.grid == ("train.temperature=0.2,1.0",)
+    assert SoraConfig().resolved().tune.grid == ("train.temperature=1.0,0.2",)
     # a cold-item split also tries the position std on valid: 2 × 2 trainings
     cold = plain.with_overrides(["split.mode=cold-item"]).resolved()
     assert tuning_trials(cold) == [[f"train.temperature={t}", f"model.position_std={s}"]
-                                   for t in ("0.2", "1.0") for s in ("0.1", "1.0")]
+                                   for t in ("1.0", "0.2") for s in ("0.1", "1.0")]
     assert plain.with_overrides(["split.mode=cold-item", "train.causal=true"]).resolved().tune.grid == ()
     # train.causal decides, not the split mode alone; a value set by the user is kept in either mode
     forced = plain.with_overrides(["train.causal=true"]).resolved()

@@ -200,8 +200,10 @@ def test_select_alpha_picks_from_the_grid(tiny):
     ds, cfg, split, emb = tiny
     result = train_model(split, emb, ds.items, cfg, progress=False)
     rec = result.recommender
-    assert len(rec.meta["alpha_grid"]) == len(ALPHA_GRID)
+    assert len(rec.meta["alpha_grid"]) == len(ALPHA_GRID) + 1 and "head alone" in rec.meta["alpha_grid"]
     assert result.valid["ndcg@10"] == pytest.approx(max(rec.meta["alpha_grid"].values()))
+    unc = rec.meta["valid_uncertainty"]
+    assert unc["ndcg@10_se"] > 0 and all(len(v) == 2 for k, v in unc.items() if k.startswith("over"))
     rec.ii = None
     metrics = select_alpha(rec, split.valid["u"].to_numpy(), split.valid["i"].to_numpy(), cfg, split.matrix("train"))
     assert "ndcg@10" in metrics
@@ -434,3 +436,54 @@ def test_causal_loss_over_every_position_equals_the_selected_targets(head_in_los
         out[all_positions] = (loss.detach(), model.item_emb.weight.grad.clone())
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-7)
+
+
+def test_the_heads_alone_are_served_where_valid_says_the_network_only_adds_noise(tiny, tmp_path):
+    """The head alone is a candidate: with an oracle head and a network of noise, valid picks it, and the
+    saved model scores, recommends and explains without the network."""
+    from sora.recommender import Recommender
+
+    ds, cfg, split, emb = tiny
+    rec = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]"]), progress=False).recommender
+    x, vu, vi = split.matrix("train"), split.valid["u"].to_numpy(), split.valid["i"].to_numpy()
+    x_valid = sp.csr_matrix((np.ones(len(vu)), (vu, vi)), shape=x.shape)
+    rec.ii = np.ascontiguousarray((x.T @ x_valid).toarray(), dtype=np.float32)  # own valid items score highest
+    rec.user_vectors = torch.randn_like(rec.user_vectors) * 100
+    best = select_alpha(rec, vu, vi, cfg, x)
+    assert rec.network_weight == 0.0 and best["ndcg@10"] == max(rec.meta["alpha_grid"].values())
+    assert rec.meta["alpha_grid"]["head alone"] == best["ndcg@10"] > rec.meta["alpha_grid"]["0"]
+    users = np.arange(3)
+    torch.testing.assert_close(rec.score_users(users), rec.alpha * rec._ii_scores(rec._head_rows(users)))
+    loaded = Recommender.load(rec.save(tmp_path / "m"))
+    assert loaded.network_weight == 0.0
+    torch.testing.assert_close(loaded.score_users(users), rec.score_users(users))
+    user = rec.user_ids[int(vu[0])]
+    out = loaded.recommend(user, k=3, explain=True)
+    assert [r["item_id"] for r in out] == [r["item_id"] for r in rec.recommend(user, k=3)]
+    # the history path and the explanation leave the network out too
+    hist = [loaded.item_ids[i] for i in x[int(vu[0])].indices[:2]]
+    scores = loaded.score_history([loaded.item_index[i] for i in hist])
+    torch.testing.assert_close(scores, loaded._heads(None, [loaded.item_index[i] for i in hist]))
+    from sora.explain import attributions
+
+    u = int(vu[0])
+    targets = [loaded.item_index[r["item_id"]] for r in out]
+    newest_first = loaded.history[u][loaded.history_mask[u]].tolist()
+    _, weights = attributions(loaded, newest_first, loaded.head_history(u, [])[0], targets, None)
+    # the heads' shares add up to the whole score: no network share is taken
+    np.testing.assert_allclose(weights.sum(0), [r["score"] for r in out], rtol=1e-4, atol=1e-5)
+
+
+def test_a_later_trial_that_does_not_lead_after_the_warm_up_stops_there(tiny):
+    """tune.prune_lead_se: the second trial (a learning rate that cannot learn) is stopped at the end of the
+    warm-up and is no candidate; with the rule off it trains to the end."""
+    ds, cfg, split, emb = tiny
+    grid = cfg.with_overrides(["train.max_epochs=4", "train.warmup_epochs=2", "train.min_epochs=4",
+                               'tune.grid=["train.lr=0.01,0.0000001"]'])
+    res = train_model(split, emb, ds.items, grid, progress=False)
+    first, second = res.recommender.meta["tuning"]
+    assert "pruned_at_epoch" not in first and second["pruned_at_epoch"] == 2 and first["valid_ndcg@10_se"] > 0
+    assert res.recommender.config.train.lr == 0.01
+    full = train_model(split, emb, ds.items, grid.with_overrides(["tune.prune_lead_se=null"]), progress=False)
+    assert all("pruned_at_epoch" not in t for t in full.recommender.meta["tuning"])
+    assert res.recommender.meta["valid"] == full.recommender.meta["valid"]  # trial 1 alone decided both

@@ -151,9 +151,9 @@ def cycle_dataset(n_users=60, n_items=30, per_user=14, seed=0) -> Dataset:
 
 def test_valid_chooses_the_head_where_order_predicts_the_next_item():
     ds = cycle_dataset()
-    # transition_head null: on with causal training. λ fixed: at λ 150 the recency-weighted EASE head alone
-    # already ranks every valid target first here, leaving the transition head nothing to add.
-    cfg = SoraConfig().with_overrides([*SMALL, "graph.ease_lambda=300"])
+    # transition_head null: on with causal training. A binary head at a fixed λ: a recency-weighted EASE
+    # head alone already ranks every valid target first here, leaving the transition head nothing to add.
+    cfg = SoraConfig().with_overrides([*SMALL, "graph.ease_lambda=300", "train.head_decays=[1.0]"])
     split, emb = prepare(ds, cfg, encoder=HashEncoder(16), progress=False)
     res = train_model(split, emb, ds.items, cfg, progress=False)
     rec = res.recommender
