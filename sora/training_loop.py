@@ -34,6 +34,7 @@ from sora.metrics import DeviceRanker, evaluate_scores, standard_error
 from sora.model import SoraModel
 from sora.recommender import Recommender
 from sora.selection import BestEpoch
+from sora.softmax import IGNORE, softmax_cross_entropy
 from sora.training_prep import Prepared
 
 log = logging.getLogger(__name__)
@@ -359,12 +360,12 @@ def softmax_loss(uv: torch.Tensor, item_vecs: torch.Tensor, i: torch.Tensor, log
     """
     scaled = uv / tc.temperature
     if len(item_vecs) <= tc.full_softmax_max_items:
-        logits = scaled @ item_vecs.T
-        if bias is not None:
-            logits = logits + bias
+        if bias is None or not bias.requires_grad:  # fused with the output layer (sora.softmax): same loss
+            return softmax_cross_entropy(scaled, item_vecs, i, negatives, bias)
+        logits = scaled @ item_vecs.T + bias
         if negatives is not None:
             logits = logits.masked_fill(~negatives[None, :], -torch.inf)
-        return F.cross_entropy(logits, i, ignore_index=-100)  # -100: a padded position (no target)
+        return F.cross_entropy(logits, i, ignore_index=IGNORE)  # IGNORE: a padded position (no target)
     if bias is not None:
         raise ValueError("a logits bias needs the full softmax (train.full_softmax_max_items)")
     ones = torch.ones(len(uv), 1, dtype=uv.dtype, device=uv.device)
