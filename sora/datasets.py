@@ -325,8 +325,22 @@ def parse_goodbooks(files: FileReader, top_tags: int = 5) -> Dataset:
 # -------------------------------------------------------------------------------- Book-Crossing
 
 def _bx_csv(data: bytes) -> pd.DataFrame:
-    # every field quoted, ';'-separated, latin-1; a few titles escape a quote as \"
+    # every field quoted, ';'-separated, latin-1; quotes inside a field are escaped as \"
     return _csv(data, escapechar="\\")
+
+
+def _bx_unshift(books: pd.DataFrame) -> pd.DataFrame:
+    """Repair BX-Books.csv's rows whose author went into the title (``Title\\";Author\\"``): the fields after the
+    title then sit one column early (the publisher under Year-Of-Publication)."""
+    merged = books["Book-Title"].str.extract(r'^(.*)";(.*)"$')
+    bad = merged[0].notna()
+    if bad.any():
+        books = books.copy()
+        books.loc[bad, "Publisher"] = books.loc[bad, "Year-Of-Publication"]
+        books.loc[bad, "Year-Of-Publication"] = books.loc[bad, "Book-Author"]
+        books.loc[bad, "Book-Author"] = merged.loc[bad, 1]
+        books.loc[bad, "Book-Title"] = merged.loc[bad, 0]
+    return books
 
 
 def parse_book_crossing(files: FileReader) -> Dataset:
@@ -336,6 +350,7 @@ def parse_book_crossing(files: FileReader) -> Dataset:
     books = first_file(files, ("BX-Books.csv", "Books.csv"),
                        lambda b: _columns(_bx_csv(b), "ISBN", "Book-Title", "Book-Author", "Year-Of-Publication",
                                           "Publisher"))
+    books = _bx_unshift(books)
     users = optional_file(files, "BX-Users.csv", lambda b: _columns(_bx_csv(b), "User-ID", "Location", "Age"))
     if users is None:
         users = optional_file(files, "Users.csv", lambda b: _columns(_bx_csv(b), "User-ID", "Location", "Age"))

@@ -209,5 +209,8 @@ def fetch_to(name: str, dest: Path, cache_dir: Path | None = None, source: str =
     dataset, origin = fetch(name, cache_dir, source=source)
     if core > 1:
         dataset = k_core(dataset, core)
+        if dataset.interactions.empty:
+            raise DataError(f"{name}: no interactions left in the {core}-core (users and items with at least {core} "
+                            "interactions)")
     dataset.save(dest, fmt=fmt)
     return dataset, origin
