@@ -94,7 +94,9 @@ def mean_std(values: list[float]) -> str:
 
 
 def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: list[str],
-                mode: str = "leave-last-out") -> list[str]:
+                mode: str = "leave-last-out", summary: dict | None = None) -> list[str]:
+    """The Markdown of one dataset's comparison; ``summary``: filled with the best baseline's name, the bootstrap
+    (``ratio``, ``lo``, ``hi``, ``p_not_better``) and Sora's mean ``fit_s``."""
     ds = load_dataset(data_dir)
     cfg = base.with_overrides([f"split.mode={mode}"])
     split = make_split(ds, cfg.split)
@@ -142,6 +144,8 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: l
     best = max(means, key=lambda n: means[n].mean())
     sora_users = np.mean(per_user["sora"], 0)
     boot = paired_bootstrap(sora_users, means[best])
+    if summary is not None:
+        summary.update(boot, best=best, fit_s=float(np.mean([r["fit_s"] for r in s])))
     n_seeds = len(seeds)
     lines = [f"### {data_dir.name}: {len(ds.interactions)} interactions, {split.num_users} users, "
              f"{split.num_items} items, {split.test['u'].nunique()} test users, {len(split.test)} test targets", "",
