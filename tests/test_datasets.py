@@ -105,10 +105,16 @@ def _gz_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def _gz_folder(folder: Path, files: dict[str, list[str]]) -> Path:
+    """``folder`` holding each file's lines gzipped, as McAuley's downloads come."""
+    folder.mkdir()
+    for name, lines in files.items():
+        _gz_lines(folder / name, lines)
+    return folder
+
+
 def write_amazon_beauty(root: Path, n_users: int = 12, n_items: int = 15, per_user: int = 6) -> Path:
     """McAuley's 2014 files: reviews as JSON lines, meta as Python literal lines (a category path list)."""
-    d = root / "amazon"
-    d.mkdir()
     asins = ["7806397051", "B00004TMFE"] + [f"B0000{i:05d}" for i in range(2, n_items)]
     reviews = ['{"reviewerID": "A1YJEY40YUW4SE", "asin": "7806397051", "reviewerName": "Andrea", "helpful": [3, 4], '
                '"reviewText": "Very oily and creamy.", "overall": 1.0, "summary": "Don\'t waste your money", '
@@ -120,15 +126,11 @@ def write_amazon_beauty(root: Path, n_users: int = 12, n_items: int = 15, per_us
             "'salesRank': {'Beauty': 401091}, 'categories': [['Beauty', 'Makeup', 'Face']], 'price': 12.99}"]
     meta += [f"{{'asin': '{a}', 'title': 'Beauty item {a}', 'categories': [['Beauty', 'Skin Care']]}}"
              for a in asins[2:]]  # B00004TMFE has no meta line: its ASIN becomes the title
-    _gz_lines(d / "reviews_Beauty_5.json.gz", reviews)
-    _gz_lines(d / "meta_Beauty.json.gz", meta)
-    return d
+    return _gz_folder(root / "amazon", {"reviews_Beauty_5.json.gz": reviews, "meta_Beauty.json.gz": meta})
 
 
 def write_amazon_video_games(root: Path, n_users: int = 12, n_items: int = 15, per_user: int = 6) -> Path:
     """McAuley's 2018 files: both JSON lines; meta with category and description lists, an HTML title."""
-    d = root / "amazon2018"
-    d.mkdir()
     asins = ["0700026657"] + [f"B0{i:08d}" for i in range(1, n_items)]
     reviews = [f'{{"overall": {4 + (u + i) % 2}.0, "verified": true, "reviewTime": "10 17, 2015", '
                f'"reviewerID": "A{u}", "asin": "{asins[i]}", "reviewerName": "R", "reviewText": "ok", '
@@ -139,15 +141,11 @@ def write_amazon_video_games(root: Path, n_users: int = 12, n_items: int = 15, p
             '"feature": [], "rank": [], "main_cat": "Video Games", "price": "", "asin": "0700026657"}']
     meta += [f'{{"category": ["Video Games"], "description": [], "title": "Game {a}", "asin": "{a}"}}'
              for a in asins[1:]]
-    _gz_lines(d / "Video_Games_5.json.gz", reviews)
-    _gz_lines(d / "meta_Video_Games.json.gz", meta)
-    return d
+    return _gz_folder(root / "amazon2018", {"Video_Games_5.json.gz": reviews, "meta_Video_Games.json.gz": meta})
 
 
 def write_steam(root: Path, n_users: int = 12, n_items: int = 15, per_user: int = 6) -> Path:
     """McAuley's Steam (Australian users): Python literal lines, one user with their reviews; year-less dates."""
-    d = root / "steam"
-    d.mkdir()
     months = ["January", "March", "June", "November"]
     by_user: dict[int, list[str]] = {}
     for u, i, k in _pairs(n_users, n_items, per_user):
@@ -162,9 +160,7 @@ def write_steam(root: Path, n_users: int = 12, n_items: int = 15, per_user: int 
               f"'release_date': '2018-01-04', 'tags': ['Strategy', 'Action'], 'discount_price': 4.49, 'specs': "
               f"['Single-player'], 'price': 4.99, 'early_access': False, 'id': '{1000 + i}', 'developer': 'Dev {i}'}}"
               for i in range(n_items)]
-    _gz_lines(d / "australian_user_reviews.json.gz", users)
-    _gz_lines(d / "steam_games.json.gz", games)
-    return d
+    return _gz_folder(root / "steam", {"australian_user_reviews.json.gz": users, "steam_games.json.gz": games})
 
 
 WRITERS = {"goodbooks-10k": write_goodbooks, "book-crossing": write_book_crossing, "anime": write_anime,
