@@ -15,7 +15,7 @@ book-crossing       BX-Book-Ratings.csv, BX-Books.csv      0–10, see    none  
                     [BX-Users.csv] (``;``, latin-1) or
                     Kaggle's Ratings.csv, Books.csv        below
 anime               rating.csv, anime.csv (Kaggle)         -1, 1–10,    none      name; genres as categories; type
-                                                           see below                and episodes
+                                                           see below              and episodes
 amazon-beauty       reviews_Beauty_5.json, meta_Beauty     1–5 as is    review    title; brand, description;
                     .json (2014 5-core; meta lines are                  day       category path as categories
                     Python literals)
@@ -38,6 +38,8 @@ Decisions, the same for every data set:
   (1970-01-01), so the table stays valid and the absence is detectable: :func:`has_time_order` is False
   when all timestamps are equal, and Protocol T (``leave-last-out``) and the temporal splits must be
   skipped for that data (the suite does). Repeated (user, item) pairs are then one row, the last kept.
+- **Steam's dates** are days ("Posted November 5, 2011."); Steam writes no year for the year it is read in,
+  so a date without one takes the year after the latest year written out in the same file.
 - **Rows about items the source does not describe** (Book-Crossing ISBNs missing from the books table,
   anime ids missing from anime.csv, Steam games missing from the games file) are dropped, with a log
   line: an item with neither title nor text is outside the contract. Amazon items without metadata keep
@@ -500,7 +502,8 @@ DATASETS: dict[str, SourceSpec] = {
 }
 
 
-def _download(url: str, cache_dir: Path, timeout: float) -> Path:
+def download(url: str, cache_dir: Path, timeout: float) -> Path:
+    """``cache_dir / <last part of url>``, downloaded first (through a ``.part`` file) when absent."""
     target = cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
     if not target.exists():
         log.info("downloading %s", url)
@@ -518,7 +521,7 @@ def _download(url: str, cache_dir: Path, timeout: float) -> Path:
 
 def open_source(sources: list[str], cache_dir: Path, timeout: float = 60.0) -> Files:
     """:class:`Files` over local paths and URLs (downloaded into ``cache_dir`` once)."""
-    paths = [_download(s, cache_dir, timeout) if re.match(r"^[a-z]+://", s) else Path(s).expanduser() for s in sources]
+    paths = [download(s, cache_dir, timeout) if re.match(r"^[a-z]+://", s) else Path(s).expanduser() for s in sources]
     return Files(paths, " + ".join(sources))
 
 

@@ -13,7 +13,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from sora.data import DataError, Dataset
-from sora.datasets import DATASETS, fetch_dataset, k_core, open_source, to_contract
+from sora.datasets import DATASETS, download, fetch_dataset, k_core, open_source, to_contract
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +180,8 @@ def fetch(name: str, cache_dir: Path, source: str = "auto", timeout: float = 20.
     archive, _, _ = SOURCES[name]
     errors = []
     if source in ("auto", "grouplens"):
-        cached = cache_dir / archive
         try:
-            if not cached.exists():
-                url = GROUPLENS + archive
-                log.info("downloading %s", url)
-                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - fixed https URL
-                    payload = resp.read()
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".part")
-                tmp.write_bytes(payload)
-                tmp.replace(cached)
+            cached = download(GROUPLENS + archive, cache_dir, timeout)
             return read_archive(name, cached.read_bytes()), GROUPLENS + archive
         except Exception as exc:  # noqa: BLE001 - no network is the common case here
             errors.append(f"GroupLens: {exc}")

@@ -383,3 +383,17 @@ def test_too_small_in_the_cli_is_one_line(tmp_path, capsys):
     code, err = _error(["train", "--data", str(out), "--out", str(tmp_path / "m"), "--set", "text.model=hash:8"], capsys)
     assert code == 1 and "data too small for the random split" in err and "at least one user with 3 positives" in err
 
+
+
+def test_url_source_is_downloaded_once_into_the_cache(tmp_path, capsys):
+    archive = write_goodbooks(tmp_path)
+    cache = tmp_path / "cache"
+    ds, origin = fetch("goodbooks-10k", cache, source=archive.as_uri())
+    assert origin == archive.as_uri() and (cache / "goodbooks-10k.zip").read_bytes() == archive.read_bytes()
+    assert len(ds.items) == 15
+    archive.unlink()  # the cached copy is read from now on
+    assert len(fetch("goodbooks-10k", cache, source=archive.as_uri())[0].interactions) == len(ds.interactions)
+    gone = (tmp_path / "gone.zip").as_uri()
+    code, err = _error(["data", "fetch", "goodbooks-10k", "--source", gone, "--dest", str(tmp_path / "o"),
+                        "--cache", str(cache)], capsys)
+    assert code == 1 and err.startswith(f"sora: data error: could not download {gone} (URLError:")
