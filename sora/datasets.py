@@ -45,9 +45,10 @@ Decisions, the same for every data set:
   line: an item with neither title nor text is outside the contract. Amazon items without metadata keep
   their ASIN as title.
 
-``core`` (``--core K`` on the command line) keeps users and items with at least K interactions, repeated
-until stable, and only items someone interacted with: Book-Crossing has 270k books, more than EASE's
-dense limit.
+Two reductions, both keeping only the items someone interacted with (the catalogue is what gets ranked):
+``--users N`` draws N users at random (seed 0) with all their rows, for sources of millions of ratings
+(goodbooks-10k, anime); ``--core K`` then keeps users and items with at least K interactions, repeated
+until stable (Book-Crossing has 270k books, more than EASE's dense limit).
 """
 
 from __future__ import annotations
@@ -200,6 +201,24 @@ def has_time_order(interactions: pd.DataFrame) -> bool:
     return timestamps_to_seconds(interactions["timestamp"]).nunique() > 1
 
 
+def sample_users(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """The interactions of ``n`` users drawn at random (seeded); items and users tables restricted to them."""
+    ids = np.sort(dataset.interactions["user_id"].unique().astype(str))
+    if n >= len(ids):
+        return dataset
+    keep = set(np.random.default_rng(seed).choice(ids, n, replace=False))
+    x = dataset.interactions[dataset.interactions["user_id"].isin(keep)]
+    return _restricted(dataset, x)
+
+
+def _restricted(dataset: Dataset, x: pd.DataFrame) -> Dataset:
+    items = dataset.items[dataset.items["item_id"].isin(set(x["item_id"]))].reset_index(drop=True)
+    users = dataset.users
+    if users is not None:
+        users = users[users["user_id"].isin(set(x["user_id"]))].reset_index(drop=True)
+    return Dataset(x.reset_index(drop=True), items, users, dataset.user_edges)
+
+
 def k_core(dataset: Dataset, k: int) -> Dataset:
     """Users and items with at least ``k`` interactions (repeated until stable); items nobody rated dropped."""
     x = dataset.interactions
@@ -209,11 +228,7 @@ def k_core(dataset: Dataset, k: int) -> Dataset:
         if keep.all():
             break
         x = x[keep]
-    items = dataset.items[dataset.items["item_id"].isin(set(x["item_id"]))].reset_index(drop=True)
-    users = dataset.users
-    if users is not None:
-        users = users[users["user_id"].isin(set(x["user_id"]))].reset_index(drop=True)
-    return Dataset(x.reset_index(drop=True), items, users, dataset.user_edges)
+    return _restricted(dataset, x)
 
 
 # -------------------------------------------------------------------------------- shared parsing helpers

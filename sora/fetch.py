@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from sora.data import DataError, Dataset
-from sora.datasets import DATASETS, download, fetch_dataset, k_core, open_source, to_contract
+from sora.datasets import DATASETS, download, fetch_dataset, k_core, open_source, sample_users, to_contract
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,13 @@ def fetch(name: str, cache_dir: Path, source: str = "auto", timeout: float = 20.
 
 
 def fetch_to(name: str, dest: Path, cache_dir: Path | None = None, source: str = "auto", fmt: str = "csv",
-             core: int = 0) -> tuple[Dataset, str]:
-    """Fetch ``name`` and write it to ``dest`` in the layout of DESIGN.md §2 (``core`` > 1: its k-core)."""
+             core: int = 0, users: int = 0) -> tuple[Dataset, str]:
+    """Fetch ``name`` and write it to ``dest`` in the layout of DESIGN.md §2 (``users`` > 0: that many users drawn at
+    random; ``core`` > 1: then its k-core)."""
     cache_dir = cache_dir or Path(tempfile.gettempdir()) / "sora-cache"
     dataset, origin = fetch(name, cache_dir, source=source)
+    if users > 0:
+        dataset = sample_users(dataset, users)
     if core > 1:
         dataset = k_core(dataset, core)
         if dataset.interactions.empty:

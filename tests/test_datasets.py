@@ -361,6 +361,23 @@ def test_core_option_writes_the_k_core(tmp_path, capsys):
                                       "least 50 interactions)")
 
 
+def test_users_option_samples_whole_users_reproducibly(tmp_path):
+    source = write_book_crossing(tmp_path, n_users=30)
+    full = _fetch("book-crossing", tmp_path, source)
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"out{k}"
+        assert main(["data", "fetch", "book-crossing", "--source", str(source), "--dest", str(out), "--users", "10"]) == 0
+        outs.append(load_dataset(out))
+    a, b = outs
+    assert a.interactions["user_id"].nunique() == 10 and a.interactions.equals(b.interactions)
+    per_user = full.interactions.groupby("user_id").size()
+    sampled = a.interactions.groupby("user_id").size()
+    assert sampled.to_dict() == per_user[sampled.index].to_dict()  # every row of a sampled user
+    assert set(a.items["item_id"]) == set(a.interactions["item_id"]) and set(a.users["user_id"]) == set(
+        a.interactions["user_id"])
+
+
 # ------------------------------------------------------------------------------------------- too small
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sora.cli.common import EXIT_FAIL, EXIT_OK, add_config_args, config_from, default_cache_dir
+from sora.cli.common import EXIT_FAIL, EXIT_OK, add_config_args, config_from, default_cache_dir, positive_int
 
 #: sora.fetch.SOURCES and sora.datasets.DATASETS, written out so that building the parser imports no pandas
 FETCH_NAMES = ("movielens-100k | ml-latest-small | movielens-1m | goodbooks-10k | book-crossing | anime | amazon-beauty | "
@@ -17,7 +17,8 @@ def cmd_fetch(args) -> int:
     from sora.fetch import fetch_to
 
     ds, origin = fetch_to(args.name, args.dest, cache_dir=args.cache or default_cache_dir() / "downloads",
-                          source=args.source, fmt=args.format, core=args.core)
+                          source=args.source, fmt=args.format, core=args.core,
+                          users=args.users or 0)
     print(f"fetched {args.name} from {origin}")
     print(f"  interactions: {len(ds.interactions)} rows, {ds.interactions['user_id'].nunique()} users, "
           f"{ds.interactions['item_id'].nunique()} items rated; items: {len(ds.items)}")
@@ -65,8 +66,10 @@ def add_parser(sub) -> None:
     p.add_argument("--source", default="auto", metavar="auto|grouplens|recbole|PATH|URL",
                    help="where the files come from: a local mirror (directory, archive or file as distributed) or "
                         "a URL; auto = the public download (for ml-100k offline: the recbole wheel)")
+    p.add_argument("--users", type=positive_int, metavar="N",
+                   help="keep N users drawn at random (seed 0), with all their interactions")
     p.add_argument("--core", type=int, default=0, metavar="K",
-                   help="keep only users and items with at least K interactions (repeated until stable)")
+                   help="keep only users and items with at least K interactions (repeated until stable; after --users)")
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
     p.add_argument("--cache", type=Path, help="download cache (default: $SORA_CACHE_DIR or ~/.cache/sora)")
     p.set_defaults(func=cmd_fetch)
