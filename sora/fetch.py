@@ -168,6 +168,8 @@ def fetch(name: str, cache_dir: Path, source: str = "auto", timeout: float = 20.
     if name not in SOURCES and name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join([*SOURCES, *DATASETS])}")
     if name in DATASETS:
+        if source in ("grouplens", "recbole"):
+            raise ValueError(f"--source {source} is for MovieLens; {name} takes auto, a path or a URL")
         return fetch_dataset(name, None if source == "auto" else [source], cache_dir, timeout)
     if source not in ("auto", "grouplens", "recbole"):
         files = open_source([source], cache_dir, timeout)

@@ -338,6 +338,8 @@ def test_unknown_name_is_a_usage_error_and_missing_source_a_data_error(tmp_path,
     assert code == 1 and err == f"sora: data error: {tmp_path / 'nowhere'}: no such file or directory"
     code, err = _error(["data", "fetch", "anime", "--dest", str(tmp_path / "o")], capsys)
     assert code == 1 and "anime has no public download URL" in err and "--source PATH" in err
+    code, err = _error(["data", "fetch", "steam", "--source", "recbole", "--dest", str(tmp_path / "o")], capsys)
+    assert code == 2 and err == "sora: error: --source recbole is for MovieLens; steam takes auto, a path or a URL"
 
 
 def test_movielens_from_a_local_archive(tmp_path):
