@@ -416,3 +416,29 @@ def test_url_source_is_downloaded_once_into_the_cache(tmp_path, capsys):
     code, err = _error(["data", "fetch", "goodbooks-10k", "--source", gone, "--dest", str(tmp_path / "o"),
                         "--cache", str(cache)], capsys)
     assert code == 1 and err.startswith(f"sora: data error: could not download {gone} (URLError:")
+
+
+@pytest.mark.slow
+def test_suite_quick_runs_on_a_timed_and_an_untimed_dataset(tmp_path):
+    import subprocess
+    import sys
+
+    dirs = []
+    for name, writer in (("steam", write_steam), ("goodbooks-10k", write_goodbooks)):
+        src = tmp_path / f"src-{name}"
+        src.mkdir()
+        dirs.append(tmp_path / name)
+        assert main(["data", "fetch", name, "--source", str(writer(src, n_users=30, n_items=20, per_user=8)),
+                     "--dest", str(dirs[-1])]) == 0
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
+    suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suite.py"
+    subprocess.run([sys.executable, str(suite), "--data", *map(str, dirs), "--quick", "--out", str(out),
+                    "--set", "text.model=hash:16", "--threads", "1"], check=True, capture_output=True, timeout=900)
+    text = out.read_text()
+    assert "<!-- other:end -->" in text and text.count("<!-- suite:begin -->") == 1
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith(("| steam |", "| goodbooks-10k |"))}
+    assert rows["steam"][5].split()[0] in {"mostpop", "ease", "recency_ease", "sasrec"}  # Protocol T ran
+    assert rows["goodbooks-10k"][5] == "no timestamps"
+    assert float(rows["goodbooks-10k"][6]) >= 0 and "--quick: a smoke run, not results" in text
