@@ -213,6 +213,9 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
         "i": pos["item_id"].map(item_index).to_numpy(np.int64),
         "ts": pos["ts"].to_numpy(float),
     })
+    if cfg.mode in (*SEQUENTIAL_SPLIT_MODES, "temporal") and frame["ts"].nunique() == 1 and len(frame) > 1:
+        log.warning("split %s: every timestamp is the same (a source without time, see sora.datasets), so the "
+                    "order is the input file's; this protocol does not apply to such data", cfg.mode)
     if cfg.mode in SEQUENTIAL_SPLIT_MODES:
         # next item: time order with ties in input-file order (the row order of the interactions table).
         frame = frame.iloc[np.lexsort((np.arange(len(frame)), frame["ts"].to_numpy(), frame["u"].to_numpy()))]

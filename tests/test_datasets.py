@@ -394,6 +394,15 @@ def test_too_small_for_a_split_names_the_minimum(tmp_path):
         make_split(ds, SplitConfig(mode="leave-last-out"))
 
 
+def test_time_splits_warn_on_data_without_time(tmp_path, caplog):
+    ds = _fetch("anime", tmp_path)
+    with caplog.at_level("WARNING", logger="sora.split"):
+        make_split(ds, SplitConfig())
+        assert not caplog.records
+        make_split(ds, SplitConfig(mode="leave-last-out"))
+    assert "leave-last-out: every timestamp is the same" in caplog.text
+
+
 def test_too_small_in_the_cli_is_one_line(tmp_path, capsys):
     out = tmp_path / "out"
     source = write_goodbooks(tmp_path, n_users=8, n_items=6, per_user=2)
