@@ -18,6 +18,17 @@ goodbooks-10k, book-crossing, anime, amazon-beauty, amazon-video-games, steam). 
 
 ``--quick`` (one seed, at most 3 epochs, one temperature) only checks that everything runs: its numbers are
 not results. Writes the "Dataset suite" section of RESULTS.md.
+
+The suite's data, each under a million interactions and (but for Book-Crossing, whose size after the core is
+not known in advance) under EASE's dense limit of 20k items (MIRROR: where the downloads are kept):
+
+    sora data fetch goodbooks-10k --source MIRROR/goodbooks-10k.zip --dest .sora/suite/goodbooks-10k --users 5000
+    sora data fetch book-crossing --source MIRROR/BX-CSV-Dump.zip --dest .sora/suite/book-crossing --core 10
+    sora data fetch anime --source MIRROR/anime-recommendations-database --dest .sora/suite/anime --users 5000
+    sora data fetch amazon-beauty --source MIRROR/amazon --dest .sora/suite/amazon-beauty
+    sora data fetch amazon-video-games --source MIRROR/amazon --dest .sora/suite/amazon-video-games
+    sora data fetch steam --source MIRROR/steam --dest .sora/suite/steam
+    HF_HUB_OFFLINE=1 python benchmarks/suite.py --data .sora/suite/* --seeds 1 2 3
 """
 
 from __future__ import annotations
