@@ -133,14 +133,13 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: l
     for key, name in SAME_WEIGHTS.items():  # a seed whose valid kept no transition head scores the same without
         row(f"sora {name} (same weights)", [r[key + "test"] for r in s], [r[key + "valid"]["ndcg@10"] for r in s],
             "", np.mean([r["fit_s"] for r in s]))
-    for name in DETERMINISTIC:
-        m = det[name]
+    for name, m in det.items():  # EASE and recency-EASE are skipped above graph.ease_max_items
         chosen = ", ".join(f"{k} {m[key]:g}" for k, key in (("decay", "decay"), ("λ", "lambda")) if key in m)
         row(name, [m], [m["valid_ndcg@10"]], chosen, m["fit_seconds"])
     q = runs["sasrec"]
     row("sasrec", [r["test"] for r in q], [r["valid"]["ndcg@10"] for r in q], "; ".join(f"epoch {r['epoch']}" for r in q),
         np.mean([r["fit_s"] for r in q]))
-    means = {"sasrec": np.mean(per_user["sasrec"], 0), **{n: base_per_user[n]["ndcg@10"] for n in DETERMINISTIC}}
+    means = {"sasrec": np.mean(per_user["sasrec"], 0), **{n: base_per_user[n]["ndcg@10"] for n in det}}
     best = max(means, key=lambda n: means[n].mean())
     sora_users = np.mean(per_user["sora"], 0)
     boot = paired_bootstrap(sora_users, means[best])
