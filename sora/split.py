@@ -33,7 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sora.config import SEQUENTIAL_SPLIT_MODES, SPLIT_MODES, SplitConfig
-from sora.data import Dataset, timestamps_to_seconds
+from sora.data import DataError, Dataset, timestamps_to_seconds
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,29 @@ def _positives(dataset: Dataset, threshold: float | None) -> pd.DataFrame:
     return out
 
 
+def _check_size(parts: dict[str, pd.DataFrame], frame: pd.DataFrame, cfg: SplitConfig) -> None:
+    """Raise :class:`DataError` naming the minimum a split misses: every part must hold a row."""
+    empty = [name for name in PARTS if parts[name].empty]
+    if not empty:
+        return
+    positives = (f"positives (rating >= {cfg.rating_threshold:g}, split.rating_threshold)"
+                 if cfg.rating_threshold is not None else "interactions")
+    if frame.empty:
+        raise DataError(f"data too small for the {cfg.mode} split: it needs at least one of its {positives} "
+                        "and there are none")
+    most = int(frame.groupby("u").size().max())
+    if cfg.mode == "cold-item":
+        need = f"at least 3 items with {positives} (2 held out cold, 1 to train on); it has {frame['i'].nunique()}"
+    elif cfg.mode == "global-temporal":
+        need = (f"{positives} after the time cuts (the split.ratios quantiles of the timestamps) from users with one "
+                f"before them, so the timestamps must spread past the cuts; it has {frame['ts'].nunique()} distinct "
+                "timestamp(s)")
+    else:
+        need = f"at least one user with 3 {positives}; the most any user has is {most}"
+    raise DataError(f"data too small for the {cfg.mode} split: the {' and '.join(empty)} part"
+                    f"{'s are' if len(empty) > 1 else ' is'} empty; it needs {need}")
+
+
 def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
     """Split ``dataset`` by ``cfg.mode``; the same seed always gives the same split."""
     if cfg.mode not in MODES:
@@ -190,6 +213,9 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
         "i": pos["item_id"].map(item_index).to_numpy(np.int64),
         "ts": pos["ts"].to_numpy(float),
     })
+    if cfg.mode in (*SEQUENTIAL_SPLIT_MODES, "temporal") and frame["ts"].nunique() == 1 and len(frame) > 1:
+        log.warning("split %s: every timestamp is the same (a source without time, see sora.datasets), so the "
+                    "order is the input file's; this protocol does not apply to such data", cfg.mode)
     if cfg.mode in SEQUENTIAL_SPLIT_MODES:
         # next item: time order with ties in input-file order (the row order of the interactions table).
         frame = frame.iloc[np.lexsort((np.arange(len(frame)), frame["ts"].to_numpy(), frame["u"].to_numpy()))]
@@ -228,6 +254,7 @@ def make_split(dataset: Dataset, cfg: SplitConfig) -> Split:
             labels[order[n_train + n_valid:]] = 2
             part[s:e] = labels
     parts = {name: frame[part == k].reset_index(drop=True) for k, name in enumerate(PARTS)}
+    _check_size(parts, frame, cfg)
     spec = SplitSpec(cfg.mode, cfg.seed, cfg.rating_threshold, tuple(cfg.ratios), cfg.cold_item_ratio,
                      dataset.fingerprint())
     split = Split(spec, user_ids, item_ids, **parts, cold_valid_items=cold_valid, cold_test_items=cold_test)

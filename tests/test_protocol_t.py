@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sora.config import SoraConfig, SplitConfig
-from sora.data import Dataset
+from sora.data import DataError, Dataset
 from sora.evaluate import (
     SEQUENCE_BASELINES,
     evaluate_history,
@@ -315,8 +315,10 @@ def test_global_temporal_without_spread_in_time_names_the_cut():
 
     ds = _timed_dataset()
     ds.interactions["timestamp"] = 5  # every event at one time: nothing lies after the first cut
-    split = make_split(ds, GT)
-    assert len(split.train) == 9 and len(split.valid) == len(split.test) == 0
+    with pytest.raises(DataError, match="valid and test parts are empty.*timestamps must spread past the cuts.*1 "):
+        make_split(ds, GT)
+    split = make_split(_timed_dataset(), GT)
+    split.valid = split.valid.iloc[:0]  # a split saved before that check: training still refuses it
     with pytest.raises(ValueError, match="valid split is empty.*timestamps must spread past the cut"):
         prepare_training(split, None, ds.items, SoraConfig().with_overrides(["split.mode=global-temporal"]),
                          torch.device("cpu"))

@@ -5,17 +5,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sora.cli.common import EXIT_FAIL, EXIT_OK, add_config_args, config_from, default_cache_dir
+from sora.cli.common import EXIT_FAIL, EXIT_OK, add_config_args, config_from, default_cache_dir, positive_int
+
+#: sora.fetch.SOURCES and sora.datasets.DATASETS, written out so that building the parser imports no pandas
+FETCH_NAMES = ("movielens-100k | ml-latest-small | movielens-1m | goodbooks-10k | book-crossing | anime | amazon-beauty | "
+               "amazon-video-games | steam")
 
 
 def cmd_fetch(args) -> int:
+    from sora.datasets import has_time_order
     from sora.fetch import fetch_to
 
     ds, origin = fetch_to(args.name, args.dest, cache_dir=args.cache or default_cache_dir() / "downloads",
-                          source=args.source, fmt=args.format)
+                          source=args.source, fmt=args.format, core=args.core,
+                          users=args.users or 0)
     print(f"fetched {args.name} from {origin}")
     print(f"  interactions: {len(ds.interactions)} rows, {ds.interactions['user_id'].nunique()} users, "
           f"{ds.interactions['item_id'].nunique()} items rated; items: {len(ds.items)}")
+    if not has_time_order(ds.interactions):
+        print("  no timestamps in the source: every row at 0 (1970-01-01); temporal splits and Protocol T do not apply")
     print(f"  written to {Path(args.dest).resolve()} ({args.format})")
     return EXIT_OK
 
@@ -52,11 +60,16 @@ def cmd_drift(args) -> int:
 def add_parser(sub) -> None:
     data = sub.add_parser("data", help="fetch, validate and compare data sets").add_subparsers(
         dest="data_command", required=True)
-    p = data.add_parser("fetch", help="write a MovieLens data set in Sora's layout (offline fallback for ml-100k)")
-    p.add_argument("name", help="movielens-100k | ml-latest-small | movielens-1m")
+    p = data.add_parser("fetch", help="write a public data set in Sora's layout (offline fallback for ml-100k)")
+    p.add_argument("name", help=FETCH_NAMES)
     p.add_argument("--dest", type=Path, required=True, help="directory to write the tables to")
-    p.add_argument("--source", choices=["auto", "grouplens", "recbole"], default="auto",
-                   help="auto = GroupLens archive if reachable, else the recbole wheel (ml-100k only)")
+    p.add_argument("--source", default="auto", metavar="auto|grouplens|recbole|PATH|URL",
+                   help="where the files come from: a local mirror (directory, archive or file as distributed) or "
+                        "a URL; auto = the public download (for ml-100k offline: the recbole wheel)")
+    p.add_argument("--users", type=positive_int, metavar="N",
+                   help="keep N users drawn at random (seed 0), with all their interactions")
+    p.add_argument("--core", type=int, default=0, metavar="K",
+                   help="keep only users and items with at least K interactions (repeated until stable; after --users)")
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
     p.add_argument("--cache", type=Path, help="download cache (default: $SORA_CACHE_DIR or ~/.cache/sora)")
     p.set_defaults(func=cmd_fetch)
