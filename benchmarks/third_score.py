@@ -26,7 +26,6 @@ split seeds 2021.. (``.sora/bench/split-SEED``, trained with `sora train --set s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import os
 import platform
@@ -142,7 +141,7 @@ def blend_rows(rec, split, user_table=None) -> list[tuple[str, str, float, float
     def evaluate(scores, part: str) -> float:
         return evaluate_split(lambda b: scores[torch.as_tensor(b)], split, part, (10,))["ndcg@10"]
 
-    tuned = dataclasses.replace(rec.config, graph=dataclasses.replace(rec.config.graph, ease_lambda=None))
+    tuned = rec.config.with_overrides(["graph.ease_lambda=null"])
     ease = run_baselines(split, tuned, ("ease",))["ease"]
     rows = [("tuned EASE (the issue's reference)", f"λ {ease['lambda']:g}", ease["valid_ndcg@10"], ease["ndcg@10"]),
             ("Sora (as trained)", "—", evaluate(sora["valid"], "valid"), evaluate(sora["test"], "test"))]

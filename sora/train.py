@@ -13,7 +13,6 @@ Deterministic on CPU for a seed (torch, numpy and DGL seeded). The device comes 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import time
@@ -154,7 +153,7 @@ def train_model(split: Split, embeddings: ItemEmbeddings | None, items: pd.DataF
     def trial_checkpoint(n: int, trial_cfg: SoraConfig) -> Checkpointer | None:
         if checkpoint is None or trial_cfg.train.checkpoint_every <= 0:
             return None
-        return checkpoint.for_trial(n, fingerprint(dataclasses.asdict(trial_cfg), split.spec.__dict__))
+        return checkpoint.for_trial(n, fingerprint(trial_cfg.to_dict(), split.spec.__dict__))
 
     if len(trials) == 1:
         one = cfg.with_overrides(trials[0])

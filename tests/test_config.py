@@ -1,4 +1,9 @@
+import json
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from sora.config import ConfigError, SoraConfig, load_config
 
@@ -159,18 +164,68 @@ def test_every_default_section_is_typed_and_valid():
 
 
 def test_every_number_has_a_range():
-    """A new numeric key needs an entry in config._LIMITS, so nonsense values fail on load, not mid-run."""
-    import dataclasses
-    from typing import get_type_hints
-
-    from sora.config import _LIMITS
-
+    """Every numeric key is declared with its range, so nonsense values fail on load, not mid-run."""
     unbounded = {"validation.rating_min", "validation.rating_max", "split.rating_threshold"}  # any rating scale
-    cfg = SoraConfig()
-    missing = [f"{sec.name}.{name}" for sec in dataclasses.fields(cfg)
-               for name, hint in get_type_hints(type(getattr(cfg, sec.name))).items()
-               if ("int" in str(hint) or "float" in str(hint)) and f"{sec.name}.{name}" not in _LIMITS | dict.fromkeys(unbounded)]
-    assert not missing, f"add a range to sora.config._LIMITS for {missing}"
+    defaults = SoraConfig()
+    checked = []
+    for section, sec in SoraConfig.model_fields.items():
+        for name, field in sec.annotation.model_fields.items():
+            key = f"{section}.{name}"
+            if key in unbounded or not re.search(r"\b(int|float)\b", str(field.annotation)):
+                continue
+            default = getattr(getattr(defaults, section), name)
+            value = [-10**9] * len(default) if isinstance(default, tuple) else -10**9
+            with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be (>|in )"):
+                SoraConfig.from_dict({section: {name: value}})
+            checked.append(key)
+    assert {"train.lr", "model.dim", "split.ratios", "eval.ks", "drift.rating_js_warn", "serve.port"} <= set(checked)
+
+
+def test_config_saved_before_pydantic_loads_unchanged(tmp_path):
+    """A model's config.json written by the dataclass version loads, and its keys dump back to the same JSON
+    (same values and number types: the checkpoint fingerprint of a resolved config stays the same)."""
+    saved_path = Path(__file__).parent / "fixtures" / "config_before_pydantic.json"
+    saved = json.loads(saved_path.read_text())
+    cfg = SoraConfig.load(saved_path)
+    assert cfg.split.mode == "cold-item" and cfg.eval.ks == (5, 10, 20) and cfg.graph.ease_lambda == 300.0
+    assert cfg.resolved() is cfg  # saved resolved: nothing left to fill
+    again = cfg.to_dict()
+    assert json.dumps({s: {k: again[s][k] for k in keys} for s, keys in saved.items()}, sort_keys=True) == \
+        json.dumps(saved, sort_keys=True)
+
+
+def test_sections_read_the_documented_value_forms():
+    """Strings for numbers, ``a,b`` for lists, whole floats for ints; never a boolean as a number."""
+    cfg = SoraConfig.from_dict({"train": {"max_epochs": "3", "lr": 1, "head_decays": "1.0, 0.9"},
+                                "model": {"dim": 32.0}, "registry": {"model_name": 123}})
+    assert cfg.train.max_epochs == 3 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.head_decays == (1.0, 0.9) and cfg.model.dim == 32 and cfg.registry.model_name == "123"
+    for bad, message in ((["eval.ks=[true]"], "eval.ks must be an int, got the boolean true"),
+                         (["text.model=yes"], "text.model must be a str, got the boolean true"),
+                         (["train.lr=1e400"], "train.lr must be a finite number"),
+                         (["registry.model_name=' '"], "registry.model_name may not be empty"),
+                         (["train.loss=hinge"], "train.loss must be one of softmax, bpr; got 'hinge'"),
+                         (["model.dropout=1.5"], r"model.dropout must be in \[0,1\]; got 1.5"),
+                         (["split.ratios=[0.8,0.2]"], r"split.ratios needs 3 values, got 2: \[0.8, 0.2\]"),
+                         (["train.nope=1"], "unknown config key 'train.nope'; train has: loss, ")):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            SoraConfig().with_overrides(bad)
+
+
+def test_config_show_prints_every_key_with_its_default(capsys):
+    from sora.cli import main
+
+    assert main(["config", "show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown == SoraConfig().to_dict() and list(shown) == list(SoraConfig.model_fields)
+    assert shown["train"]["head_decays"] == [1.0, 0.95, 0.9, 0.8, 0.7] and shown["serve"]["port"] == 3000
+
+
+def test_a_bad_set_exits_2_naming_the_key(capsys):
+    from sora.cli import main
+
+    assert main(["config", "show", "--set", "train.max_epochs=0"]) == 2
+    assert "train.max_epochs must be >= 1; got 0" in capsys.readouterr().err
 
 
 def test_null_keys_resolve_by_training_mode():

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "fallback"]
 DEFAULT_PARAMS = {"k": 10, "exclude_seen": True, "fallback": True}
-INFERENCE_PACKAGES = ("torch", "numpy", "pandas", "scipy", "safetensors", "pyarrow", "pyyaml", "mlflow")
+INFERENCE_PACKAGES = ("torch", "numpy", "pandas", "scipy", "safetensors", "pyarrow", "pyyaml", "pydantic", "mlflow")
 #: Needed only by models that carry an approximate top-k index (``ann.faiss``, :mod:`sora.ann`): loading
 #: one imports faiss.
 ANN_PACKAGE = "faiss-cpu"
