@@ -16,10 +16,13 @@ Configuration comes from the environment (this is an edge):
 registry does not answer, ``"registry": {"status": "degraded", "last_successful_poll": ...}``; the service
 keeps answering from the model it has and ``/readyz`` stays ready.
 
-Request limits (id length, list length, body size, k) are ``SoraConfig().serve``'s. Every JSON
-endpoint goes through :class:`sora.serving_core.RequestGuard` (415 / 413 / 400 answered before
-BentoML parses the body) and :func:`sora.serving_core.handle` (404 for unknown ids, 503 at once
-while no model is loaded). Errors are ``{"error": "..."}``, logged once at WARNING.
+Request limits (id length, list length, body size, k) are ``SoraConfig().serve``'s. Each JSON
+endpoint's body is a pydantic model (:func:`sora.serving_requests.request_models`) given to BentoML as
+the API's ``input_spec``: BentoML parses and checks it, once, and the method gets checked arguments
+for :func:`sora.serving_core.answer` (404 for unknown ids, 503 at once while no model is loaded).
+:class:`sora.serving_http.RequestGuard` adds what BentoML lacks (415 for a body that is not JSON, 413
+over the size cap) and words BentoML's 400s the project's way. Errors are ``{"error": "..."}``, logged
+once at WARNING.
 
 The endpoints are ``async``: an answer is a precomputed row read or one small matrix product
 (:meth:`sora.recommender.Recommender.prepare_serving`), well under a millisecond, so it runs on the
@@ -36,36 +39,20 @@ import json
 import logging
 import os
 import signal
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
 import torch
-from pydantic import Field
 from starlette.responses import Response
 
 from sora.config import SoraConfig
-from sora.serving_core import (
-    HealthEndpoint,
-    Limits,
-    ModelHolder,
-    NotFound,
-    RequestGuard,
-    ServiceError,
-    die_with_parent,
-    error_body,
-    handle,
-    log_refusal,
-    stop_listening_on,
-)
+from sora.serving_core import ModelHolder, answer
+from sora.serving_http import HealthEndpoint, RequestGuard, die_with_parent, stop_listening_on
+from sora.serving_requests import Limits, NotFound, ServiceError, error_body, log_refusal, request_models
 
 SERVE = SoraConfig().serve
 LIMITS = Limits.from_config(SERVE)
-
-K = Annotated[int, Field(description=f"number of items to return (1..{LIMITS.max_k})")]
-Id = Annotated[str, Field(description=f"an id, at most {LIMITS.max_id_length} characters")]
-Ids = Annotated[list[str], Field(description=f"1..{LIMITS.max_list_length} ids")]
-Recent = Annotated[list[str] | None, Field(description=f"0..{LIMITS.max_list_length} distinct item ids: events since "
-                                           "training, newest last")]
+REQUESTS = request_models(LIMITS)
 
 
 _HOLDERS: list[ModelHolder] = []  # this worker's service instance's holder, for /healthz
@@ -117,56 +104,52 @@ class SoraService:
             self.version.set(float(loaded.version) if loaded.version.isdigit() else 0.0)
         return loaded is not None
 
-    def _answer(self, ctx: bentoml.Context, endpoint: str, **payload: Any) -> Response:
-        """:func:`handle` as a JSON response, a refusal turned into its status code and ``{"error": ...}``.
+    def _answer(self, ctx: bentoml.Context, endpoint: str, args: dict[str, Any]) -> Response:
+        """:func:`answer` as a JSON response, a refusal turned into its status code and ``{"error": ...}``.
 
-        The body is encoded here rather than returned as a ``dict``: BentoML's ``dict`` output path
-        rebuilds the output model's JSON schema on every response (about a third of a millisecond).
+        ``args`` are BentoML's, checked against ``REQUESTS[endpoint]``. The body is encoded here rather
+        than returned as a ``dict``: BentoML's ``dict`` output path rebuilds the output model's JSON
+        schema on every response (about a third of a millisecond).
         """
-        return Response(json.dumps(self._body(ctx, endpoint, payload)), media_type="application/json")
-
-    def _body(self, ctx: bentoml.Context, endpoint: str, payload: dict[str, Any]) -> dict:
         try:
-            out = handle(self.holder, endpoint, payload, LIMITS)
+            out = answer(self.holder, endpoint, args)
         except ServiceError as exc:
             if isinstance(exc, NotFound):
                 self.unknown.labels(exc.kind).inc()
             log_refusal(f"POST /{endpoint}", exc)
             ctx.response.status_code = exc.status
-            return error_body(exc)
-        if out["fallback"]:
-            self.fallbacks.inc()
-        return out
+            out = error_body(exc)
+        else:
+            if out["fallback"]:
+                self.fallbacks.inc()
+        return Response(json.dumps(out), media_type="application/json")
 
-    @bentoml.api
-    async def recommend(self, ctx: bentoml.Context, user_id: Id, k: K = 10, exclude_seen: bool = True,
-                  fallback: bool = False, recent_item_ids: Recent = None, explain: bool = False) -> dict:
+    @bentoml.api(input_spec=REQUESTS["recommend"])
+    async def recommend(self, ctx: bentoml.Context, **request: Any) -> dict:
         """Top-k items for a known user; ``fallback=true`` answers unknown users with popular items.
 
         ``recent_item_ids``: the user's events since training, newest last (folded into the history, excluded).
         ``explain=true``: each item carries ``because``, the history items that drove it, heaviest first.
         """
-        return self._answer(ctx, "recommend", user_id=user_id, k=k, exclude_seen=exclude_seen, fallback=fallback,
-                            recent_item_ids=recent_item_ids, explain=explain)
+        return self._answer(ctx, "recommend", request)
 
-    @bentoml.api
-    async def recommend_from_history(self, ctx: bentoml.Context, item_ids: Ids, k: K = 10,
-                                     explain: bool = False) -> dict:
+    @bentoml.api(input_spec=REQUESTS["recommend_from_history"])
+    async def recommend_from_history(self, ctx: bentoml.Context, **request: Any) -> dict:
         """Top-k for an anonymous user from a history of item ids, oldest first (unknown ids are skipped and listed).
 
         ``explain=true`` as for ``/recommend``.
         """
-        return self._answer(ctx, "recommend_from_history", item_ids=item_ids, k=k, explain=explain)
+        return self._answer(ctx, "recommend_from_history", request)
 
-    @bentoml.api
-    async def similar_items(self, ctx: bentoml.Context, item_id: Id, k: K = 10) -> dict:
+    @bentoml.api(input_spec=REQUESTS["similar_items"])
+    async def similar_items(self, ctx: bentoml.Context, **request: Any) -> dict:
         """Items closest to ``item_id`` in Sora's fused item space."""
-        return self._answer(ctx, "similar_items", item_id=item_id, k=k)
+        return self._answer(ctx, "similar_items", request)
 
-    @bentoml.api
-    async def score(self, ctx: bentoml.Context, user_id: Id, item_ids: Ids, recent_item_ids: Recent = None) -> dict:
+    @bentoml.api(input_spec=REQUESTS["score"])
+    async def score(self, ctx: bentoml.Context, **request: Any) -> dict:
         """Scores of the given items for a user, in the order given (``recent_item_ids`` as for recommend)."""
-        return self._answer(ctx, "score", user_id=user_id, item_ids=item_ids, recent_item_ids=recent_item_ids)
+        return self._answer(ctx, "score", request)
 
 
 SoraService.add_asgi_middleware(RequestGuard, limits=LIMITS)

@@ -8,7 +8,8 @@ import pytest
 from sora.cli import main
 from sora.explain import attributions
 from sora.recommender import Recommender
-from sora.serving_core import BadRequest, ModelHolder, handle, validate
+from sora.serving_core import ModelHolder, handle
+from sora.serving_requests import BadRequest, validate
 from tests.conftest import train_tiny_model
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sora.recommender import ModelLoadError, Recommender, UnknownIdError
-from sora.serving_core import BadRequest, Limits, ModelHolder, NotFound, handle, validate
+from sora.serving_core import ModelHolder, handle
+from sora.serving_requests import BadRequest, Limits, NotFound, validate
 from tests.conftest import train_tiny_model
 
 LIMITS = Limits(max_k=50, max_id_length=16, max_list_length=8, max_body_bytes=4096)

@@ -9,7 +9,8 @@ from sora import registry
 from sora.cli import main
 from sora.items import ItemsError, add_items, remove_items, validate_new_items
 from sora.recommender import Recommender
-from sora.serving_core import Limits, ModelHolder, handle
+from sora.serving_core import ModelHolder, handle
+from sora.serving_requests import Limits
 from sora.text import HashEncoder
 from tests.conftest import train_tiny_model
 

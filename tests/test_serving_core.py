@@ -11,22 +11,19 @@ import pytest
 from sora.cli.serve import port_problem
 from sora.config import SoraConfig
 from sora.recommender import Recommender
-from sora.serving_core import (
+from sora.serving_core import ModelHolder, content_version, handle
+from sora.serving_http import HealthEndpoint, RequestGuard, check_media_type
+from sora.serving_requests import (
     ENDPOINTS,
     BadRequest,
-    HealthEndpoint,
     Limits,
-    ModelHolder,
     NotFound,
     NotReady,
     PayloadTooLarge,
-    RequestGuard,
     ServiceError,
     UnsupportedMediaType,
     clip,
-    content_version,
-    handle,
-    parse_body,
+    request_models,
     scrub,
     validate,
 )
@@ -174,35 +171,43 @@ def test_clip_and_scrub():
     assert "/tmp" not in text and "/srv" not in text and "models:/sora@champion" in text
 
 
-@pytest.mark.parametrize("body,ctype,error", [
-    (b'{"user_id": "u1"}', "multipart/form-data; boundary=x", UnsupportedMediaType),
-    (b'{"user_id": "u1"}', "text/plain", UnsupportedMediaType),
-    (b"x" * 3000, "application/json", PayloadTooLarge),
-    (b'{"user_id": "u1",', "application/json", BadRequest),
-    (b"\xff\xfe", "application/json", BadRequest),
-    (b"[" * 100_0, "application/json", BadRequest),
-])
-def test_parse_body_refusals(body, ctype, error):
-    with pytest.raises(error):
-        parse_body(body, ctype, LIMITS)
+@pytest.mark.parametrize("ctype", ["multipart/form-data; boundary=x", "text/plain", "application/xml"])
+def test_non_json_media_types_are_refused(ctype):
+    with pytest.raises(UnsupportedMediaType):
+        check_media_type(ctype)
 
 
-def test_parse_body_accepts_json_types():
-    assert parse_body(b'{"a": 1}', "application/json; charset=utf-8", LIMITS) == {"a": 1}
-    assert parse_body(b'{"a": 1}', None, LIMITS) == {"a": 1}
-    assert parse_body(b"", "application/vnd.api+json", LIMITS) == {}
+def test_json_media_types_are_accepted():
+    for ctype in ("application/json; charset=utf-8", None, "", "application/vnd.api+json"):
+        check_media_type(ctype)
 
 
-# ------------------------------------------------------------------ the ASGI guard, with a fake app
+# ------------------------------------------------------------------ the ASGI guard, with a fake BentoML
+
+def _bentoml_error(exc):
+    """BentoML 1.4's answer to a request model's ValidationError (``_bentoml_impl/server/app.py``)."""
+    return {"error": f"{exc.error_count()} validation error for {exc.title}",
+            "detail": exc.errors(include_context=False, include_input=False)}
+
 
 def _call_guard(path, body, headers, method="POST", chunks=None):
+    """``path`` through :class:`RequestGuard` to an app that reads the body as BentoML does (request model on the bytes)."""
+    from pydantic import ValidationError
+
     seen = {}
 
     async def app(scope, receive, send):
         message = await receive()
         seen["body"], seen["headers"] = message["body"], dict(scope["headers"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        status, data = 200, b"ok"
+        if path.strip("/") in ENDPOINTS:
+            try:
+                request_models(LIMITS)[path.strip("/")].model_validate_json(message["body"] or b"{}")
+            except ValidationError as exc:
+                status, data = 400, json.dumps(_bentoml_error(exc)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     parts = chunks if chunks is not None else [body]
     messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
@@ -219,17 +224,19 @@ def _call_guard(path, body, headers, method="POST", chunks=None):
     asyncio.run(RequestGuard(app, LIMITS)(scope, receive, send))
     status = sent[0]["status"]
     payload = b"".join(m.get("body", b"") for m in sent[1:])
+    assert dict(sent[0]["headers"]).get(b"content-length", str(len(payload)).encode()) == str(len(payload)).encode()
     return status, payload, seen
 
 
-def test_guard_passes_checked_requests_on_re_encoded():
+def test_guard_passes_json_requests_on_untouched():
+    """One parse and one check, BentoML's: the body reaches it as the client sent it."""
     body = json.dumps({"user_id": 12, "k": 2}).encode()
-    status, payload, seen = _call_guard("/recommend", body, {"content-type": "application/json",
-                                                            "content-length": str(len(body))})
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    status, payload, seen = _call_guard("/recommend", body, headers)
     assert status == 200 and payload == b"ok"
-    assert json.loads(seen["body"]) == {"user_id": "12", "k": 2, "exclude_seen": True, "fallback": False,
-                                       "explain": False}
-    assert seen["headers"][b"content-length"] == str(len(seen["body"])).encode()
+    assert seen["body"] == body and seen["headers"][b"content-length"] == str(len(body)).encode()
+    status, payload, seen = _call_guard("/recommend", b"", {}, chunks=[body[:5], body[5:]])  # chunked: read, handed on
+    assert status == 200 and seen["body"] == body
 
 
 @pytest.mark.parametrize("path,body,headers,chunks,status", [
@@ -237,14 +244,43 @@ def test_guard_passes_checked_requests_on_re_encoded():
     ("/score", b"{}", {"content-type": "application/x-www-form-urlencoded"}, None, 415),
     ("/recommend", b"{}", {"content-type": "application/json", "content-length": "99999999"}, None, 413),
     ("/recommend", b"", {"content-type": "application/json"}, [b"x" * 1500, b"y" * 1500], 413),
-    ("/recommend", b'{"user_id": ', {"content-type": "application/json"}, None, 400),
-    ("/recommend", b'{"user_id": "u1", "k": -1}', {}, None, 400),
-    ("/similar_items", json.dumps({"item_id": "q" * 500}).encode(), {}, None, 400),
 ])
 def test_guard_refuses_before_the_app(path, body, headers, chunks, status):
     got, payload, seen = _call_guard(path, body, headers, chunks=chunks)
     assert got == status and not seen
     assert set(json.loads(payload)) == {"error"} and len(payload) < 300
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/recommend", b'{"user_id": ', "json"),
+    ("/recommend", b"\xff\xfe", "json"),
+    ("/recommend", b"[" * 1000, "json"),
+    ("/recommend", b"[]", "json object"),
+    ("/recommend", b'{"user_id": "u1", "k": -1}', "k: must be in 1..50"),
+    ("/recommend", b'{"user_id": "u1", "k": "3"}', "k: expected an integer"),
+    ("/recommend", b'{"user_id": "u1", "kk": 3}', "unknown field 'kk'"),
+    ("/recommend", b'{"k": 3}', "user_id: required"),
+    ("/recommend", b'{"user_id": "u1", "recent_item_ids": ["a", "b", "a"]}', "recent_item_ids[2]: duplicate"),
+    ("/similar_items", json.dumps({"item_id": "q" * 500}).encode(), "item_id: id longer than 16"),
+    ("/score", b'{"user_id": "u1", "item_ids": ["i1", 2.5]}', "item_ids[1]: expected a string id"),
+])
+def test_bentoml_rejections_reach_the_client_in_the_project_words(path, body, field):
+    status, payload, seen = _call_guard(path, body, {"content-type": "application/json"})
+    assert status == 400 and seen["body"] == body  # BentoML checked it, the guard only reworded the answer
+    message = json.loads(payload)
+    assert set(message) == {"error"} and len(payload) < 300 and field in message["error"].lower()
+    try:  # the same words as in-process
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    with pytest.raises(BadRequest) as info:
+        validate(path.strip("/"), parsed, LIMITS)
+    assert info.value.message == message["error"]
+
+
+def test_guard_passes_other_answers_as_they_are():
+    status, payload, _ = _call_guard("/recommend", b'{"user_id": "u1", "k": 3}', {})
+    assert status == 200 and payload == b"ok"
 
 
 def test_guard_leaves_other_requests_alone():
@@ -454,7 +490,7 @@ def test_stop_listening_refuses_new_connections_but_keeps_accepted_ones():
 
     code = """if True:
         import socket
-        from sora.serving_core import stop_listening
+        from sora.serving_http import stop_listening
         server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
         port = server.getsockname()[1]
         client = socket.create_connection(("127.0.0.1", port)); conn, _ = server.accept()
