@@ -1,6 +1,7 @@
-"""Approximate vs exact top-k on a synthetic large catalogue (issue 15, deliverable 5).
+"""Approximate vs exact top-k on a synthetic large catalogue (issue 15, deliverable 5; the kNN graph: issue 34).
 
     python benchmarks/ann_scale.py [--items 1000000] [--dim 64] [--queries 500] [--out benchmarks/RESULTS.md]
+    python benchmarks/ann_scale.py --knn 20000,60000,200000 --dim 384 [--knn-nprobe 8,16,24] [--old-rev REV]
 
 The catalogue is synthetic but shaped like fitted item vectors: 2,000 topic centres, each item a
 centre plus Gaussian noise (0.5 of the centre scale) with a log-normal popularity-like norm; users
@@ -10,18 +11,30 @@ loaded twice: with the index and with it switched off (exact). Per-request laten
 through ``Recommender.recommend(user, k=10)`` for both (same users, in-process, one at a time), and
 recall@10 of the approximate answer against the exact one. Memory: the index's own bytes and the
 process RSS growth when it is loaded.
+
+``--knn``: the text kNN graph above ``graph.knn_exact_max_items`` (:func:`sora.itemsim.knn_cosine_ivf`,
+faiss ``IndexIVFFlat`` over unit vectors) at each catalogue size, beside the own spherical k-means
+inverted file it replaced (``knn_cosine_ivf`` as it was at git revision ``--old-rev``, loaded from git):
+build time and recall@10 against exact cosine top-10 on ``--queries`` sampled items (the exact graph
+itself is I² work; its time is projected from the sample). Synthetic items as above but with one topic
+per 10 items at every size (near-duplicate groups about as large as the neighbour lists, so neighbours
+cross topics and the sizes are equally hard), ``--dim`` 384 (the text encoder's width); every method
+on ``--threads`` threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import inspect
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +42,12 @@ from _results import write_section  # benchmarks/ is on sys.path when run as a s
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- ann:begin -->", "<!-- ann:end -->"
+KNN_BEGIN, KNN_END = "<!-- knn:begin -->", "<!-- knn:end -->"
 
 
-def synthetic(n_items: int, n_users: int, dim: int, seed: int = 0):
+def synthetic(n_items: int, n_users: int, dim: int, seed: int = 0, topics: int = 2000):
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((2000, dim)).astype(np.float32) / np.sqrt(dim)
+    centres = rng.standard_normal((topics, dim)).astype(np.float32) / np.sqrt(dim)
     topic = rng.integers(len(centres), size=n_items)
     items = centres[topic] + 0.5 * rng.standard_normal((n_items, dim)).astype(np.float32) / np.sqrt(dim)
     items *= rng.lognormal(0, 0.25, size=(n_items, 1)).astype(np.float32)
@@ -76,6 +90,78 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def old_knn_ivf(rev: str):
+    """``sora.itemsim.knn_cosine_ivf`` as it was at git revision ``rev`` (read from git, run here, nothing installed)."""
+    source = subprocess.run(["git", "-C", str(HERE), "show", f"{rev}:sora/itemsim.py"], capture_output=True,
+                            text=True, check=True).stdout
+    module = types.ModuleType(f"itemsim_{rev}")
+    exec(compile(source, f"{rev}:sora/itemsim.py", "exec"), module.__dict__)  # noqa: S102 - our own file, at a commit
+    return module.knn_cosine_ivf
+
+
+def knn_recall(edges, queries: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each sampled item's exact top-k neighbours (``truth``, (Q, k)) that the graph ``edges`` lists."""
+    src, dst, _ = edges
+    listed = {int(q): set() for q in queries}
+    for s, d in zip(src.tolist(), dst.tolist(), strict=True):
+        if s in listed:
+            listed[s].add(d)
+    return float(np.mean([len(listed[int(q)] & set(t.tolist())) / truth.shape[1] for q, t in zip(queries, truth,
+                                                                                                  strict=True)]))
+
+
+def knn_main(args) -> int:
+    """The text kNN graph: old own IVF vs faiss IVF, time and recall@10, at each size in ``--knn``."""
+    import torch
+
+    from sora.itemsim import auto_knn_nlist, knn_cosine_ivf
+
+    k, rows = 10, []
+    old = old_knn_ivf(args.old_rev)
+    for n in [int(x) for x in args.knn.split(",")]:
+        items, _ = synthetic(n, 1, args.dim, topics=n // 10)  # ~10 items a topic at every size: equally hard
+        queries = np.sort(np.random.default_rng(1).choice(n, min(args.queries, n), replace=False))
+        unit = torch.nn.functional.normalize(torch.from_numpy(items), dim=1)
+        t0 = time.perf_counter()
+        sims = unit[queries] @ unit.T  # exact, for the sampled items only
+        sims[torch.arange(len(queries)), torch.from_numpy(queries)] = -float("inf")
+        truth = torch.topk(sims, k, dim=1).indices.numpy()
+        exact_s = (time.perf_counter() - t0) * n / len(queries)
+        del sims, unit
+        runs = [("own k-means IVF (removed)", f"√I = {max(1, min(int(np.sqrt(n)), n))} cells, 8 probed", old, {})]
+        runs += [("faiss IndexIVFFlat, inner product", f"{auto_knn_nlist(n)} cells, nprobe {p}", knn_cosine_ivf,
+                  {"nprobe": p}) for p in (int(x) for x in args.knn_nprobe.split(","))]
+        for name, setting, fn, kwargs in runs:
+            t0 = time.perf_counter()
+            edges = fn(items, k, **kwargs)
+            took = time.perf_counter() - t0
+            rows.append((n, name, setting, took, knn_recall(edges, queries, truth)))
+            print(rows[-1], flush=True)
+        rows.append((n, "exact (`knn_cosine`)", "I² products", exact_s, 1.0))
+    machine = (f"{platform.machine()} {os.cpu_count()} CPU cores (shared, load ~{os.getloadavg()[0]:.1f}), Python "
+               f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+               f"faiss {__import__('faiss').__version__}")
+    lines = [KNN_BEGIN, "## Text kNN graph above `graph.knn_exact_max_items`: own IVF vs faiss (benchmarks/ann_scale.py)",
+             "", f"- command: `python benchmarks/ann_scale.py --knn {args.knn} --dim {args.dim} --queries {args.queries} "
+             f"--knn-nprobe {args.knn_nprobe} --old-rev {args.old_rev} --threads {args.threads} --out benchmarks/RESULTS.md`",
+             f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {machine}",
+             f"- synthetic items × {args.dim} dims (one topic cluster per 10 items), k = 10; recall@10 against exact cosine "
+             f"top-10 on {args.queries} sampled items; the exact graph's time is projected from those items' rows", "",
+             "| items | kNN | setting | build s | recall@10 |", "|---|---|---|---|---|"]
+    lines += [f"| {n:,} | {name} | {setting} | {'≈ ' if name.startswith('exact') else ''}{took:.1f} | {recall:.3f} |"
+              for n, name, setting, took, recall in rows]
+    default = inspect.signature(knn_cosine_ivf).parameters["nprobe"].default
+    lines += ["", f"The graph builder uses faiss with nprobe {default} (`sora.itemsim.knn_cosine_ivf`'s default): each "
+              "item probes the cells nearest itself, where the own inverted file probed the cells nearest its cell's "
+              "centroid, so fewer probed cells find more of the exact neighbours; faiss scans a cell per query "
+              "instead of one matrix product per cell, so it is slower per probed cell.", KNN_END]
+    section = "\n".join(lines)
+    print(section)
+    if args.out:
+        write_section(args.out, KNN_BEGIN, KNN_END, section)
+    return 0
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -89,11 +175,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss threads per request (default 1: "
                     "one request per core, as a serving worker runs; on a loaded machine more threads wait on each other)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--knn", help="comma-separated catalogue sizes: measure the text kNN graph instead")
+    ap.add_argument("--knn-nprobe", default="8,16,24", help="faiss cells probed per item, one run each")
+    ap.add_argument("--old-rev", default="46a2cff", help="a git revision that still has the own k-means IVF")
     args = ap.parse_args(argv)
     import faiss
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    if args.knn:
+        return knn_main(args)
 
     items, users = synthetic(args.items, args.queries, args.dim)
     rec = build_recommender(items, users, args.nprobe)

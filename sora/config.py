@@ -213,7 +213,7 @@ class GraphConfig(Section):
     self_loops: bool = False
     #: Rows of the similarity matrix computed at once (bounds memory for 100k+ items).
     knn_batch_size: Size = 1024
-    #: Text kNN is exact up to this many items; above, an inverted file (k-means cells, 8 probed) keeps it fast.
+    #: Text kNN is exact up to this many items; above, faiss's inverted file (√items cells, 4 probed per item) keeps it fast.
     knn_exact_max_items: Count = 50_000
 
     @field_validator("item_edges")

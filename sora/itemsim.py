@@ -1,6 +1,7 @@
 """Item–item similarity, shared by the graph builder, the EASE baseline and Sora's item–item head.
 
-Pure numpy / scipy / torch; no DGL, so serving and evaluation can use it.
+Pure numpy / scipy / torch (and faiss, through :mod:`sora.ann`, for the large-catalogue text kNN); no DGL,
+so serving and evaluation can use it.
 Every function returns a sparse top-k neighbour list as COO arrays (src, dst, weight) with
 ``src`` the item whose neighbours are listed; self pairs are dropped.
 """
@@ -111,54 +112,42 @@ def knn_cosine(vectors: np.ndarray, k: int, batch_size: int = 1024, restrict_to:
     return src[keep], dst[keep], val[keep].astype(np.float32)
 
 
-def knn_cosine_ivf(vectors: np.ndarray, k: int, cells: int | None = None, probe: int = 8,
-                   iterations: int = 8, seed: int = 0, block: int = 50_000_000) -> Edges:
-    """Approximate cosine kNN for huge catalogues (an inverted file, as in FAISS's IVF-Flat).
+def knn_cosine_ivf(vectors: np.ndarray, k: int, nlist: int = 0, nprobe: int = 4, seed: int = 0,
+                   batch_size: int = 65_536) -> Edges:
+    """Approximate cosine kNN for huge catalogues: faiss's inverted file over the unit vectors.
 
-    k-means splits the items into ``cells`` (√I by default); the items of a cell are compared exactly
-    with every item of the ``probe`` cells whose centroids are nearest its own. Work is about
-    I² · probe / cells instead of I², memory O(block) per step. Deterministic for a seed.
+    :func:`sora.ann.build_index` (``IndexIVFFlat``, inner product: cosine on unit vectors) with
+    ``nlist`` k-means cells (0 = :func:`auto_knn_nlist`) trained on a seeded sample, then every item
+    asks it for ``k`` + 1 neighbours visiting the ``nprobe`` cells nearest itself; the item itself is
+    dropped. Work is about I² · nprobe / nlist instead of I². Deterministic for a seed and a thread count.
+    The default nprobe (4 of √I cells) already finds more of the exact neighbours than the own k-means
+    inverted file it replaced (8 cells probed per cell, not per item): benchmarks/RESULTS.md, "Text kNN graph".
     """
-    v = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=1)
-    n = v.shape[0]
+    from sora.ann import build_index
+
+    x = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=1)
+    x = x.numpy()
+    n = x.shape[0]
     k = min(k, n - 1)
     if k <= 0:
         return _empty()
-    cells = max(1, min(cells or int(np.sqrt(n)), n))
-    probe = min(probe, cells)
-    gen = torch.Generator().manual_seed(seed)
-    sample = v[torch.randperm(n, generator=gen)[: min(n, 64 * cells)]]
-    centroids = sample[:cells].clone()
-    for _ in range(iterations):  # spherical k-means on a sample
-        assign = (sample @ centroids.T).argmax(1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
-        filled = torch.bincount(assign, minlength=cells) > 0
-        centroids[filled] = torch.nn.functional.normalize(sums[filled], dim=1)
-    assign = torch.cat([(v[s:s + 65536] @ centroids.T).argmax(1) for s in range(0, n, 65536)])
-    order = torch.argsort(assign, stable=True)
-    bounds = torch.searchsorted(assign[order], torch.arange(cells + 1))
-    near = torch.topk(centroids @ centroids.T, probe, dim=1).indices  # (cells, probe), own cell first
+    index = build_index(x, nlist or auto_knn_nlist(n), nprobe, seed)
     srcs, dsts, vals = [], [], []
-    for c in range(cells):
-        members = order[bounds[c]:bounds[c + 1]]
-        if len(members) == 0:
-            continue
-        cand = torch.cat([order[bounds[j]:bounds[j + 1]] for j in near[c].tolist()])
-        kk = min(k, len(cand) - 1)
-        if kk <= 0:
-            continue
-        rows = max(1, block // len(cand))
-        for s in range(0, len(members), rows):
-            q = members[s:s + rows]
-            sims = v[q] @ v[cand].T  # (q, candidates)
-            sims.masked_fill_(q[:, None] == cand[None, :], -float("inf"))
-            val, idx = torch.topk(sims, kk, dim=1)
-            srcs.append(q.repeat_interleave(kk).numpy())
-            dsts.append(cand[idx].reshape(-1).numpy())
-            vals.append(val.reshape(-1).numpy())
-    src, dst, val = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(vals)
-    keep = np.isfinite(val)
-    return src[keep].astype(np.int64), dst[keep].astype(np.int64), val[keep].astype(np.float32)
+    for s in range(0, n, batch_size):
+        sims, idx = index.search(x[s:s + batch_size], k + 1)  # (b, k + 1), best first; -1 = not found
+        rows = np.arange(s, s + len(idx))
+        ok = (idx >= 0) & (idx != rows[:, None])
+        ok &= np.cumsum(ok, axis=1) <= k  # the k best other items (the item itself is usually first)
+        srcs.append(np.broadcast_to(rows[:, None], idx.shape)[ok])
+        dsts.append(idx[ok])
+        vals.append(sims[ok])
+    return (np.concatenate(srcs).astype(np.int64), np.concatenate(dsts).astype(np.int64),
+            np.concatenate(vals).astype(np.float32))
+
+
+def auto_knn_nlist(num_items: int) -> int:
+    """Cells of the kNN graph's index: √I (each item is a query, so cells are fewer and larger than serving's 4·√I)."""
+    return int(max(1, min(num_items // 39, round(np.sqrt(num_items)))))  # faiss wants ≥ 39 points per cell
 
 
 def cooccurrence_topk(x: sp.csr_matrix, k: int, max_block_nnz: int = 20_000_000, workers: int | None = None) -> Edges:

@@ -96,16 +96,30 @@ def test_knn_batches_agree_with_one_shot():
     assert set(zip(a[0].tolist(), a[1].tolist(), strict=True)) == set(zip(b[0].tolist(), b[1].tolist(), strict=True))
 
 
-def test_ivf_knn_probing_every_cell_is_exact_and_graph_uses_it_above_the_limit():
-    from sora.itemsim import knn_cosine, knn_cosine_ivf
+def _recall(approx, exact):
+    """Share of the exact neighbour pairs that the approximate kNN lists too."""
+    want = set(zip(exact[0].tolist(), exact[1].tolist(), strict=True))
+    return len(want & set(zip(approx[0].tolist(), approx[1].tolist(), strict=True))) / len(want)
 
-    v = _vectors(60, seed=4)
-    exact = knn_cosine(v, 4)
-    full = knn_cosine_ivf(v, 4, cells=5, probe=5)
-    assert set(zip(exact[0].tolist(), exact[1].tolist(), strict=True)) == \
-        set(zip(full[0].tolist(), full[1].tolist(), strict=True))
-    approx = knn_cosine_ivf(v, 4, cells=6, probe=2)
-    assert len(approx[0]) > 0 and (approx[0] != approx[1]).all()
+
+def test_ivf_knn_recalls_the_exact_neighbours_and_graph_uses_it_above_the_limit():
+    from sora.itemsim import auto_knn_nlist, knn_cosine, knn_cosine_ivf
+
+    rng = np.random.default_rng(4)  # 40 overlapping clusters of ~50 items: the shape text embeddings have
+    v = (rng.normal(size=(40, 16))[rng.integers(40, size=2000)] + rng.normal(size=(2000, 16))).astype(np.float32)
+    exact = knn_cosine(v, 5)
+    nlist = auto_knn_nlist(len(v))
+    assert 1 < nlist < len(v) // 39 + 1
+    every_cell = knn_cosine_ivf(v, 5, nprobe=nlist)
+    few, default = knn_cosine_ivf(v, 5, nprobe=1), knn_cosine_ivf(v, 5)
+    assert _recall(every_cell, exact) > 0.999  # probing every cell is exact search (ties aside)
+    assert _recall(default, exact) >= 0.9 > _recall(few, exact)  # more cells probed, more found
+    for src, dst, w in (few, default):
+        assert (src != dst).all() and np.bincount(src, minlength=len(v)).max() == 5
+        assert np.all(w <= 1.0 + 1e-5) and w.dtype == np.float32
+    again = knn_cosine_ivf(v, 5)
+    for a, b in zip(default, again, strict=True):  # seeded: the same graph every run
+        np.testing.assert_array_equal(a, b)
     users, items, nu, ni = TINY["cold_item"]
     g = build_graph(users, items, nu, ni, _vectors(ni), GraphConfig(item_knn_k=2, item_edges="text",
                                                                    knn_exact_max_items=2))
