@@ -19,6 +19,15 @@ def write_section(path: Path, begin: str, end: str, section: str) -> None:
     path.write_text(text)
 
 
+def publish(lines: list[str], out: Path | None, begin: str, end: str) -> str:
+    """Print the section ``lines`` (``begin`` … ``end``) and, with ``out``, put it into that file in place of the old one."""
+    section = "\n".join(lines)
+    print(section)
+    if out:
+        write_section(out, begin, end, section)
+    return section
+
+
 def movielens_100k(data: Path) -> Path:
     """``data``; the default path (:data:`DEFAULT_DATA`) gets MovieLens-100K fetched first when it is absent
     (offline: from the recbole wheel). Any other path is read as given, so a mistyped one fails to load."""

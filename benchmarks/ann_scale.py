@@ -38,7 +38,7 @@ import types
 from pathlib import Path
 
 import numpy as np
-from _results import write_section  # benchmarks/ is on sys.path when run as a script
+from _results import publish, write_section  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 MARK_BEGIN, MARK_END = "<!-- ann:begin -->", "<!-- ann:end -->"
@@ -155,10 +155,7 @@ def knn_main(args) -> int:
               "item probes the cells nearest itself, where the own inverted file probed the cells nearest its cell's "
               "centroid, so fewer probed cells find more of the exact neighbours; faiss scans a cell per query "
               "instead of one matrix product per cell, so it is slower per probed cell.", KNN_END]
-    section = "\n".join(lines)
-    print(section)
-    if args.out:
-        write_section(args.out, KNN_BEGIN, KNN_END, section)
+    publish(lines, args.out, KNN_BEGIN, KNN_END)
     return 0
 
 

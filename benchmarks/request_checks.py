@@ -1,6 +1,6 @@
 """What checking one request body costs the service, in-process: the typed ``input_spec`` vs the checks it replaced.
 
-    python benchmarks/request_checks.py [--old-rev 46a2cff] [--n 20000] [--out benchmarks/RESULTS.md]
+    python benchmarks/request_checks.py [--old-rev d5e8272] [--n 20000] [--out benchmarks/RESULTS.md]
 
 The HTTP benchmark (benchmarks/serving.py) moves by tens of percent between runs on a shared
 machine, far more than a request's checks cost; this times them alone, per request, one thread.
@@ -28,7 +28,7 @@ import types
 from pathlib import Path
 from typing import Annotated
 
-from _results import write_section  # benchmarks/ is on sys.path when run as a script
+from _results import publish  # benchmarks/ is on sys.path when run as a script
 from pydantic import Field
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     from sora.serving_requests import Limits, request_models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--old-rev", default="46a2cff", help="a git revision with the guard that re-parsed every body")
+    ap.add_argument("--old-rev", default="d5e8272", help="a git revision with the guard that re-parsed every body")
     ap.add_argument("--n", type=int, default=20_000, help="requests per timing")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -129,10 +129,7 @@ def main(argv=None) -> int:
              "now: BentoML parses into the typed request model µs |", "|---|---|---|"]
     lines += [f"| {p} `{json.dumps(BODIES[p])[:60]}` | {b:.1f} | {n:.1f} |" for p, b, n in rows]
     lines.append(MARK_END)
-    section = "\n".join(lines)
-    print(section)
-    if args.out:
-        write_section(args.out, MARK_BEGIN, MARK_END, section)
+    publish(lines, args.out, MARK_BEGIN, MARK_END)
     return 0
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _results import DEFAULT_DATA, default_model, write_section  # benchmarks/ is on sys.path as a script
+from _results import DEFAULT_DATA, default_model, publish  # benchmarks/ is on sys.path as a script
 
 from serving import bodies, drive, free_port, median_round, wait_ready
 
@@ -85,10 +85,7 @@ def main(argv=None) -> int:
                      f"{b['p50_ms']:.2f} | {a['p50_ms']:.2f} | {b['p99_ms']:.1f} | {a['p99_ms']:.1f} | "
                      f"{b['errors'] + a['errors']} |")
     lines.append(MARK_END)
-    section = "\n".join(lines)
-    print(section)
-    if args.out:
-        write_section(args.out, MARK_BEGIN, MARK_END, section)
+    publish(lines, args.out, MARK_BEGIN, MARK_END)
     return 0
 
 
