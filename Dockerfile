@@ -29,7 +29,7 @@ COPY serving ./serving
 # Sora itself, resolving nothing; pip check fails the build if the lock missed a requirement.
 RUN pip install --no-deps . && pip check
 
-# The commit the image was built from (.git is not in the build context): sora.buildinfo reads these,
+# The commit the image was built from (.git is not in the build context): sora.registry.buildinfo reads these,
 # and every model version registered from this image is tagged with them. Last, so the layers above
 # stay cached across commits.
 ARG SORA_GIT_COMMIT=""

@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m sora.demo --workdir $(DEMO)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m sora.cli.demo --workdir $(DEMO)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -32,7 +32,7 @@ def movielens_100k(data: Path) -> Path:
     """``data``; the default path (:data:`DEFAULT_DATA`) gets MovieLens-100K fetched first when it is absent
     (offline: from the recbole wheel). Any other path is read as given, so a mistyped one fails to load."""
     if data == DEFAULT_DATA and not data.exists():
-        from sora.fetch import fetch_to
+        from sora.data.fetch import fetch_to
 
         fetch_to("movielens-100k", data)
     return data

@@ -5,14 +5,14 @@
 
 The catalogue is synthetic but shaped like fitted item vectors: 2,000 topic centres, each item a
 centre plus Gaussian noise (0.5 of the centre scale) with a log-normal popularity-like norm; users
-are mixtures of 1–3 topic centres plus noise. A :class:`~sora.recommender.Recommender` is built over
+are mixtures of 1–3 topic centres plus noise. A :class:`~sora.model.recommender.Recommender` is built over
 it and saved (``serve.ann_min_items`` below the catalogue size, so the save builds the index), then
 loaded twice: with the index and with it switched off (exact). Per-request latency is measured
 through ``Recommender.recommend(user, k=10)`` for both (same users, in-process, one at a time), and
 recall@10 of the approximate answer against the exact one. Memory: the index's own bytes and the
 process RSS growth when it is loaded.
 
-``--knn``: the text kNN graph above ``graph.knn_exact_max_items`` (:func:`sora.itemsim.knn_cosine_ivf`,
+``--knn``: the text kNN graph above ``graph.knn_exact_max_items`` (:func:`sora.model.itemsim.knn_cosine_ivf`,
 faiss ``IndexIVFFlat`` over unit vectors) at each catalogue size, beside the own spherical k-means
 inverted file it replaced (``knn_cosine_ivf`` as it was at git revision ``--old-rev``, loaded from git):
 build time and recall@10 against exact cosine top-10 on ``--queries`` sampled items (the exact graph
@@ -64,8 +64,8 @@ def build_recommender(items: np.ndarray, users: np.ndarray, nprobe: int):
     import torch
 
     from sora.config import SoraConfig
-    from sora.model import SoraModel
-    from sora.recommender import Recommender
+    from sora.model.network import SoraModel
+    from sora.model.recommender import Recommender
 
     n_items, dim = items.shape
     n_users = len(users)
@@ -91,7 +91,7 @@ def rss_mb() -> float:
 
 
 def old_knn_ivf(rev: str):
-    """``sora.itemsim.knn_cosine_ivf`` as it was at git revision ``rev`` (read from git, run here, nothing installed)."""
+    """``sora.model.itemsim.knn_cosine_ivf`` as it was at git revision ``rev`` (read from git, run here, nothing installed)."""
     source = subprocess.run(["git", "-C", str(HERE), "show", f"{rev}:sora/itemsim.py"], capture_output=True,
                             text=True, check=True).stdout
     module = types.ModuleType(f"itemsim_{rev}")
@@ -114,7 +114,7 @@ def knn_main(args) -> int:
     """The text kNN graph: old own IVF vs faiss IVF, time and recall@10, at each size in ``--knn``."""
     import torch
 
-    from sora.itemsim import auto_knn_nlist, knn_cosine_ivf
+    from sora.model.itemsim import auto_knn_nlist, knn_cosine_ivf
 
     k, rows = 10, []
     old = old_knn_ivf(args.old_rev)
@@ -151,7 +151,7 @@ def knn_main(args) -> int:
     lines += [f"| {n:,} | {name} | {setting} | {'≈ ' if name.startswith('exact') else ''}{took:.1f} | {recall:.3f} |"
               for n, name, setting, took, recall in rows]
     default = inspect.signature(knn_cosine_ivf).parameters["nprobe"].default
-    lines += ["", f"The graph builder uses faiss with nprobe {default} (`sora.itemsim.knn_cosine_ivf`'s default): each "
+    lines += ["", f"The graph builder uses faiss with nprobe {default} (`sora.model.itemsim.knn_cosine_ivf`'s default): each "
               "item probes the cells nearest itself, where the own inverted file probed the cells nearest its cell's "
               "centroid, so fewer probed cells find more of the exact neighbours; faiss scans a cell per query "
               "instead of one matrix product per cell, so it is slower per probed cell.", KNN_END]
@@ -162,7 +162,7 @@ def knn_main(args) -> int:
 def main(argv=None) -> int:
     import torch
 
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=1_000_000)

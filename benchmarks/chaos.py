@@ -102,8 +102,8 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 def registry_outage(outage_s: float, connections: int, poll_s: float, work: Path) -> dict:
     from sora import registry, stages
     from sora.config import SoraConfig
-    from sora.text import HashEncoder
-    from sora.train import train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import train_model
     from tests.conftest import make_dataset
     from tests.faults import MlflowServer, MotoStore
 

@@ -1,4 +1,4 @@
-"""Embedding throughput: `sora embed`'s path (:func:`sora.text.embed_items`, cold cache) vs the bundled
+"""Embedding throughput: `sora embed`'s path (:func:`sora.model.text.embed_items`, cold cache) vs the bundled
 sentence-transformers model called directly, on the same texts, in the same process and run.
 
     python benchmarks/embed_speed.py [--data DIR] [--rounds 3] [--repeat 1] [--out benchmarks/RESULTS.md]
@@ -30,10 +30,10 @@ MARK_BEGIN, MARK_END = "<!-- embed-speed:begin -->", "<!-- embed-speed:end -->"
 
 def load_texts(data: Path | None, repeat: int) -> tuple[list[str], str]:
     from sora.config import SoraConfig
-    from sora.data import item_texts, load_dataset
+    from sora.data.contract import item_texts, load_dataset
 
     if data is None or not data.exists():
-        from sora.fetch import fetch_to
+        from sora.data.fetch import fetch_to
 
         data = data or Path(tempfile.gettempdir()) / "sora-bench-ml-100k"
         cache = Path(os.environ.get("SORA_CACHE_DIR", Path.home() / ".cache" / "sora")) / "downloads"
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sora.config import SoraConfig
-    from sora.text import EmbeddingCache, embed_texts, load_encoder
+    from sora.model.text import EmbeddingCache, embed_texts, load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="dataset directory (default: MovieLens-100K, fetched)")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{lengths[len(lengths) // 2]} characters median, {lengths[-1]} max; encoder {encoder.encoder_id}, "
         f"batch size {cfg.batch_size}",
         "- direct = `SentenceTransformer.encode(texts, batch_size, normalize_embeddings=True)` on the same loaded "
-        "model; sora = `sora.text.embed_texts` as `sora embed` runs it (hashing, cold cache, store), rounds alternated",
+        "model; sora = `sora.model.text.embed_texts` as `sora embed` runs it (hashing, cold cache, store), rounds alternated",
         "",
         "| path | best items/s | median items/s |",
         "|---|---|---|",

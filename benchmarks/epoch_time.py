@@ -31,7 +31,7 @@ def main() -> int:
 
     from sora import stages
     from sora.config import SoraConfig
-    from sora.evaluate import evaluate_split, model_scores
+    from sora.evaluation.evaluate import evaluate_split, model_scores
 
     base = [f"train.device={args.device}"]
     if hasattr(SoraConfig().train, "checkpoint_every"):  # older code (a same-run comparison) has no checkpoints

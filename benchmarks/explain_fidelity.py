@@ -7,7 +7,7 @@ scores), the history being the user's training items (older items first, the Tra
 last, newest at the end). For each of the user's top-10 items, ``m`` history items are removed (m = 1
 and 3), chosen four ways:
 
-- **explained**: the ``m`` heaviest items of the item's ``because`` list (sora.explain),
+- **explained**: the ``m`` heaviest items of the item's ``because`` list (sora.model.explain),
 - **random**: ``m`` history items drawn at random,
 - **recent**: the ``m`` newest history items,
 - **least**: the ``m`` least-attributed history items,
@@ -73,7 +73,7 @@ def score_without(rec, history: list[int], removed: set[int], exclude: np.ndarra
 def run(rec, n_users: int, seed: int = 0) -> dict:
     import torch
 
-    from sora.explain import attributions
+    from sora.model.explain import attributions
 
     rng = np.random.default_rng(seed)
     users = [u for u in range(rec.num_users) if len(fold_in_history(rec, u)) >= 4]
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         args.model = default_model(args.data)
     import torch
 
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     torch.set_num_threads(1)
     rec = Recommender.load(args.model).prepare_serving()

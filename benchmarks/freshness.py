@@ -8,10 +8,10 @@
    ``recent_item_ids=[valid item]``; share of users whose top-10 changes; in-process latency of
    ``Recommender.recommend`` per request with and without 5 recent events (p50 / p99).
 2. New items (cold-item protocol): a model trained on the cold-item split; its held-out test items
-   are removed from the model and added back with :func:`sora.items.add_items` (text only, same
+   are removed from the model and added back with :func:`sora.serving.items.add_items` (text only, same
    weights). Cold-item test metrics of the original (items placed by training's propagation) vs
    the re-added items (closed-form placement), beside the text-kNN baseline on the same split.
-3. Batch scoring: :func:`sora.batch.batch_recommend` over every user, k=100: users/s.
+3. Batch scoring: :func:`sora.serving.batch.batch_recommend` over every user, k=100: users/s.
 
 Short training (``--epochs``) keeps the run a few minutes on 2 cores; each comparison is within one model.
 """
@@ -36,7 +36,7 @@ MARK_BEGIN, MARK_END = "<!-- freshness:begin -->", "<!-- freshness:end -->"
 
 
 def _fit_keeping_user_tokens(fit):
-    """``sora.train.fit`` that also keeps the users' graph embeddings (the Transformer's user token)."""
+    """``sora.training.train.fit`` that also keeps the users' graph embeddings (the Transformer's user token)."""
     def wrapped(model, prep, ii):
         rec = fit(model, prep, ii)
         with torch.no_grad():
@@ -47,14 +47,14 @@ def _fit_keeping_user_tokens(fit):
 
 
 def train(ds, mode: str, epochs: int, cache_dir: str):
-    import sora.train
+    import sora.training.train
     from sora.config import SoraConfig
-    from sora.text import EmbeddingCache
-    from sora.train import prepare, train_model
+    from sora.model.text import EmbeddingCache
+    from sora.training.train import prepare, train_model
 
-    if not getattr(sora.train.fit, "_keeps_tokens", False):  # training's own fit does not keep them (yet)
-        sora.train.fit = _fit_keeping_user_tokens(sora.train.fit)
-        sora.train.fit._keeps_tokens = True
+    if not getattr(sora.training.train.fit, "_keeps_tokens", False):  # training's own fit does not keep them (yet)
+        sora.training.train.fit = _fit_keeping_user_tokens(sora.training.train.fit)
+        sora.training.train.fit._keeps_tokens = True
 
     cfg = SoraConfig().with_overrides([f"split.mode={mode}", f"train.max_epochs={epochs}", "train.min_epochs=0",
                                        f"train.warmup_epochs={min(2, epochs - 1)}"])
@@ -121,9 +121,9 @@ def recent_events(ds, epochs: int, cache_dir: str) -> dict:
 
 
 def new_items(ds, epochs: int, cache_dir: str) -> dict:
-    from sora.evaluate import evaluate_split, run_baselines
-    from sora.items import add_items, place_items, remove_items
-    from sora.text import EmbeddingCache, load_encoder
+    from sora.evaluation.evaluate import evaluate_split, run_baselines
+    from sora.model.text import EmbeddingCache, load_encoder
+    from sora.serving.items import add_items, place_items, remove_items
 
     cfg, split, emb, rec, secs = train(ds, "cold-item", epochs, cache_dir)
     ks = (10, 20)
@@ -154,7 +154,7 @@ def new_items(ds, epochs: int, cache_dir: str) -> dict:
 
 
 def batch(ds, rec) -> dict:
-    from sora.batch import batch_recommend
+    from sora.serving.batch import batch_recommend
 
     with tempfile.TemporaryDirectory() as tmp:
         s = batch_recommend(rec, "all", 100, str(Path(tmp) / "top.parquet"), batch_size=256, progress=False)
@@ -162,7 +162,7 @@ def batch(ds, rec) -> dict:
 
 
 def main(argv=None) -> int:
-    from sora.data import load_dataset
+    from sora.data.contract import load_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "sora-bench-ml-100k")
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not args.data.exists():
-        from sora.fetch import fetch_to
+        from sora.data.fetch import fetch_to
 
         fetch_to("movielens-100k", args.data, cache_dir=Path.home() / ".cache" / "sora" / "downloads")
     ds = load_dataset(args.data)

@@ -7,8 +7,8 @@ Issue 35, deliverable 3: Sachdeva et al. (NeurIPS 2022) report ∞-AE at NDCG@10
 random 80/10/10 split. On MovieLens-100K, the default random split (DESIGN.md §4) of every seed, in one
 run and on the same split:
 
-- **EASE**, λ chosen on valid (:func:`sora.selection.ease_on_valid`, as the project's EASE baseline);
-- **∞-AE** (:mod:`sora.infinite_ae`), λ chosen on valid by the same kind of geometric walk;
+- **EASE**, λ chosen on valid (:func:`sora.training.selection.ease_on_valid`, as the project's EASE baseline);
+- **∞-AE** (:mod:`sora.model.infinite_ae`), λ chosen on valid by the same kind of geometric walk;
 - **EASE + w·∞-AE**: both scores standardised per user over the items that user can be recommended (the
   part's excluded items left out of the mean and spread), w chosen on valid from :data:`WEIGHTS` (0 = EASE);
   and the same with ∞-AE's λ re-chosen jointly with w among the λs its walk visited;
@@ -41,11 +41,11 @@ from protocol_t import paired_bootstrap  # noqa: E402
 from quality import machine  # noqa: E402
 
 from sora.config import SoraConfig  # noqa: E402
-from sora.data import load_dataset  # noqa: E402
-from sora.evaluate import evaluate_split  # noqa: E402
-from sora.infinite_ae import InfiniteAE, choose_lambda  # noqa: E402
-from sora.selection import ease_on_valid  # noqa: E402
-from sora.split import Split, make_split  # noqa: E402
+from sora.data.contract import load_dataset  # noqa: E402
+from sora.data.split import Split, make_split  # noqa: E402
+from sora.evaluation.evaluate import evaluate_split  # noqa: E402
+from sora.model.infinite_ae import InfiniteAE, choose_lambda  # noqa: E402
+from sora.training.selection import ease_on_valid  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- infinite-ae:begin -->", "<!-- infinite-ae:end -->"
@@ -157,8 +157,8 @@ def one_seed(dataset, seed: int, data: Path, with_sora: bool) -> dict:
                  ("EASE + w·∞-AE", ev(zt["EASE"] + w * zt["∞-AE"], "test", "seen:EASE + w·∞-AE"))]
 
     if with_sora:
-        from sora.evaluate import rebuild_split
-        from sora.recommender import Recommender
+        from sora.evaluation.evaluate import rebuild_split
+        from sora.model.recommender import Recommender
 
         rec = Recommender.load(sora_model(data, seed))
         if rebuild_split(rec, dataset).spec.seed != seed:
@@ -218,7 +218,7 @@ def report(runs: list[dict], argv: list[str], started: dt.datetime, seconds: flo
              f"{', '.join(map(str, seeds))}; every model on the same split in the same run; test NDCG@10 full "
              "ranking, train items excluded (train + valid for test); every λ and weight chosen on valid "
              "NDCG@10, test read once at that choice",
-             "- ∞-AE: `sora/infinite_ae.py`, the NTK of a 1-hidden-layer ReLU autoencoder (the authors' W_std √2, "
+             "- ∞-AE: `sora/model/infinite_ae.py`, the NTK of a 1-hidden-layer ReLU autoencoder (the authors' W_std √2, "
              "b_std 0.1) over the users' binary training rows, α = (K + λ·tr(K)/U·I)⁻¹X, λ walked ×2 from 1 on "
              "valid; blends: both scores standardised per user over the ranked items, weight "
              f"{', '.join(f'{w:g}' for w in WEIGHTS)} (0 = the base alone)",

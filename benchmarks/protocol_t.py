@@ -32,11 +32,11 @@ from _results import DEFAULT_DATA, movielens_100k, write_section  # noqa: E402
 from quality import machine, peak_rss  # noqa: E402
 
 from sora.config import SEQUENTIAL_SPLIT_MODES, SoraConfig  # noqa: E402
-from sora.data import load_dataset  # noqa: E402
-from sora.evaluate import evaluate_split, model_scores, run_baselines  # noqa: E402
-from sora.split import make_split  # noqa: E402
-from sora.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
-from sora.train import train_model  # noqa: E402
+from sora.data.contract import load_dataset  # noqa: E402
+from sora.data.split import make_split  # noqa: E402
+from sora.evaluation.evaluate import evaluate_split, model_scores, run_baselines  # noqa: E402
+from sora.model.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
+from sora.training.train import train_model  # noqa: E402
 
 BEGIN, END = "<!-- protocol-t:begin -->", "<!-- protocol-t:end -->"
 KEYS = ("ndcg@10", "hit@10", "mrr@10", "coverage@10", "ndcg@20")

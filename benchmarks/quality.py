@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import DEFAULT_DATA, movielens_100k  # noqa: E402
 
 from sora.config import SoraConfig  # noqa: E402
-from sora.data import Dataset, load_dataset  # noqa: E402
-from sora.evaluate import evaluate_split, lightgcn_config, run_baselines  # noqa: E402
-from sora.split import make_split  # noqa: E402
-from sora.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
-from sora.train import train_model  # noqa: E402
+from sora.data.contract import Dataset, load_dataset  # noqa: E402
+from sora.data.split import make_split  # noqa: E402
+from sora.evaluation.evaluate import evaluate_split, lightgcn_config, run_baselines  # noqa: E402
+from sora.model.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
+from sora.training.train import train_model  # noqa: E402
 
 KEYS = ["ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10", "coverage@10", "ndcg@20", "recall@20"]
 MARK_BEGIN, MARK_END = "<!-- quality:begin -->", "<!-- quality:end -->"

@@ -5,11 +5,11 @@
 The HTTP benchmark (benchmarks/serving.py) moves by tens of percent between runs on a shared
 machine, far more than a request's checks cost; this times them alone, per request, one thread.
 
-- before (``sora/serving_core.py`` at ``--old-rev``, loaded from git): the ASGI guard parsed the
+- before (``sora/serving/core.py`` at ``--old-rev``, loaded from git): the ASGI guard parsed the
   body (``json.loads``), checked it (``validate``) and re-encoded it; BentoML parsed that into the
   model it inferred from the method's signature; the method checked the arguments again (``handle``).
 - now: BentoML parses the body once into the endpoint's request model
-  (:func:`sora.serving_requests.request_models`, the API's ``input_spec``).
+  (:func:`sora.serving.requests.request_models`, the API's ``input_spec``).
 
 Both include BentoML's own step (``model_validate_json`` on its IO descriptor class).
 """
@@ -40,7 +40,7 @@ BODIES = {"/recommend": {"user_id": "196", "k": 10},
 
 
 def old_core(rev: str) -> types.ModuleType:
-    """``sora.serving_core`` as it was at git revision ``rev`` (read from git, run here, nothing installed)."""
+    """``sora.serving.core`` as it was at git revision ``rev`` (read from git, run here, nothing installed)."""
     source = subprocess.run(["git", "-C", str(HERE), "show", f"{rev}:sora/serving_core.py"], capture_output=True,
                             text=True, check=True).stdout
     module = types.ModuleType(f"serving_core_{rev}")
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from _bentoml_sdk.io_models import ensure_io_descriptor
 
     from sora.config import SoraConfig
-    from sora.serving_requests import Limits, request_models
+    from sora.serving.requests import Limits, request_models
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old-rev", default="d5e8272", help="a git revision with the guard that re-parsed every body")

@@ -45,7 +45,7 @@ STAGES = ["split", "embed", "matrix", "text_knn", "heterograph", "torch_graph", 
 
 def synthetic(n_inter: int, n_users: int, n_items: int, seed: int = 0, genres: int = 20):
     """A Dataset with Zipf-like item popularity (exponent 0.9) and log-normal user activity (≥ 3 each)."""
-    from sora.data import Dataset
+    from sora.data.contract import Dataset
 
     rng = np.random.default_rng(seed)
     activity = rng.lognormal(0.0, 1.0, n_users)
@@ -72,19 +72,19 @@ def run_one(size: str, max_steps: int | None, device: str = "cpu", profile: bool
     """One size, in this process: every stage timed."""
 
     from sora.config import SoraConfig
-    from sora.metrics import DeviceRanker
-    from sora.split import make_split
-    from sora.text import HashEncoder, embed_items
-    from sora.train import build_model, seed_everything
-    from sora.training_device import (
+    from sora.data.split import make_split
+    from sora.evaluation.metrics import DeviceRanker
+    from sora.model.text import HashEncoder, embed_items
+    from sora.training.device import (
         check_training_memory,
         device_info,
         peak_device_memory_gb,
         resolve_device,
         training_memory_parts,
     )
-    from sora.training_loop import dot_scores, fit, run_epochs, step_loss
-    from sora.training_prep import peak_rss_mb, prepare_training
+    from sora.training.loop import dot_scores, fit, run_epochs, step_loss
+    from sora.training.prep import peak_rss_mb, prepare_training
+    from sora.training.train import build_model, seed_everything
 
     n_inter, n_users, n_items = SIZES[size]
     cfg = SoraConfig().with_overrides(["text.model=hash:64", "train.max_epochs=1", f"train.device={device}"]

@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.model is None:
         args.model = default_model(args.data)
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     rec = Recommender.load(args.model)
     work = bodies(rec, args.requests)

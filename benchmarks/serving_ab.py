@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     model = (args.model or default_model(args.data)).resolve()
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     work = bodies(Recommender.load(model), args.requests)
     pythons = {"before": args.before_python, "after": sys.executable}

@@ -3,7 +3,7 @@
     python benchmarks/suite.py --data DIR [DIR ...] [--seeds 1 2 3] [--threads 1] [--set KEY=VALUE ...]
     python benchmarks/suite.py --data DIR --quick --out /tmp/suite.md     # does it run end to end?
 
-Each DIR is a dataset directory written by ``sora data fetch NAME --dest DIR`` (:mod:`sora.datasets`:
+Each DIR is a dataset directory written by ``sora data fetch NAME --dest DIR`` (:mod:`sora.data.datasets`:
 goodbooks-10k, book-crossing, anime, amazon-beauty, amazon-video-games, steam). On each, default config:
 
 - **random split** (DESIGN.md §4, split.seed 2020): Sora and LightGCN trained once per train seed, MostPop
@@ -11,7 +11,7 @@ goodbooks-10k, book-crossing, anime, amazon-beauty, amazon-video-games, steam). 
   without any head. A paired bootstrap over test users (each user's NDCG@10 averaged over the seeds) gives
   Sora / EASE and Sora / the best baseline with 95% intervals.
 - **Protocol T** (``leave-last-out``) only where the timestamps order anything (a source without time has
-  every row at 0: :func:`sora.datasets.has_time_order`): ``benchmarks/protocol_t.py``'s comparison without
+  every row at 0: :func:`sora.data.datasets.has_time_order`): ``benchmarks/protocol_t.py``'s comparison without
   its ablations, i.e. Sora and SASRec per seed, MostPop, EASE and recency-weighted EASE, the same bootstrap.
 - **training time**: Sora's fit seconds (mean over the seeds, every trial on valid included) per dataset
   and protocol, on this machine.
@@ -48,11 +48,11 @@ from protocol_t import mean_std, paired_bootstrap, run_dataset, train_sora  # no
 from quality import machine  # noqa: E402
 
 from sora.config import SoraConfig  # noqa: E402
-from sora.data import Dataset, load_dataset  # noqa: E402
-from sora.datasets import has_time_order  # noqa: E402
-from sora.evaluate import run_baselines  # noqa: E402
-from sora.split import make_split  # noqa: E402
-from sora.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
+from sora.data.contract import Dataset, load_dataset  # noqa: E402
+from sora.data.datasets import has_time_order  # noqa: E402
+from sora.data.split import make_split  # noqa: E402
+from sora.evaluation.evaluate import run_baselines  # noqa: E402
+from sora.model.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
 
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 KEYS = ("ndcg@10", "recall@10", "hit@10", "coverage@10", "ndcg@20")

@@ -132,7 +132,7 @@ def blend_rows(rec, split, user_table=None) -> list[tuple[str, str, float, float
     """(scores, choice, valid NDCG@10, test NDCG@10) for Sora, the references and each blend, on ``split``."""
     import torch
 
-    from sora.evaluate import evaluate_split, model_scores, run_baselines
+    from sora.evaluation.evaluate import evaluate_split, model_scores, run_baselines
 
     users = np.arange(split.num_users)
     sora = {p: zscore(torch.cat([model_scores(rec, split, p)(b) for b in np.array_split(users, 8)]))
@@ -198,9 +198,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from sora.data import load_dataset
-    from sora.evaluate import rebuild_split
-    from sora.recommender import Recommender
+    from sora.data.contract import load_dataset
+    from sora.evaluation.evaluate import rebuild_split
+    from sora.model.recommender import Recommender
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.split_seeds:

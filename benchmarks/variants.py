@@ -27,11 +27,11 @@ from quality import machine  # noqa: E402
 from scale import synthetic  # noqa: E402
 
 from sora.config import SoraConfig  # noqa: E402
-from sora.data import Dataset, load_dataset  # noqa: E402
-from sora.evaluate import evaluate_split, run_baselines  # noqa: E402
-from sora.split import make_split  # noqa: E402
-from sora.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
-from sora.train import train_model  # noqa: E402
+from sora.data.contract import Dataset, load_dataset  # noqa: E402
+from sora.data.split import make_split  # noqa: E402
+from sora.evaluation.evaluate import evaluate_split, run_baselines  # noqa: E402
+from sora.model.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402
+from sora.training.train import train_model  # noqa: E402
 
 BEGIN, END = "<!-- variants:begin -->", "<!-- variants:end -->"
 

@@ -102,7 +102,7 @@ def prepare(data_uri: str, data_fingerprint: str, config: Input[Artifact], split
     import os
 
     from sora import stages
-    from sora.snapshot import resolve_root, take_snapshot
+    from sora.data.snapshot import resolve_root, take_snapshot
 
     root = resolve_root(snapshot_root, dict(os.environ))
     source = take_snapshot(data_uri, root, data_fingerprint) if root else data_uri
@@ -130,7 +130,7 @@ def train(config: Input[Artifact], split: Input[Dataset], embeddings: Input[Data
     Checkpoints go beside the model's artifact URI (the object store on a cluster, where a retried pod of
     the same task finds them), so a preempted step resumes rather than starting again."""
     from sora import stages
-    from sora.checkpoint import checkpoint_uri
+    from sora.training.checkpoint import checkpoint_uri
 
     result = stages.train(stages.Prepared.load(split.path), embeddings.path, stages.load_resolved(config.path),
                           model.path, curves.path, checkpoint_uri=checkpoint_uri(model.uri or model.path))

@@ -10,7 +10,7 @@
 # nvidia-*-cu12 runtime wheels; the node's driver is all the host adds. Every version comes from
 # requirements.lock, the lock `make venv` installs. DGL is PyPI's CPU-only 2.1.0, and that is enough:
 # it only builds the graph and its normalisation on the CPU, the message passing runs as torch sparse
-# matmuls on the GPU (sora/gnn.py).
+# matmuls on the GPU (sora/model/gnn.py).
 # GPU tier with this image (tests/ is not in the build context; mount it):
 #   docker run --gpus all -v "$PWD/tests:/opt/sora/tests:ro" --entrypoint python IMAGE -m pytest -m gpu -rs tests/test_gpu.py
 FROM python:3.11-slim-bookworm
@@ -35,7 +35,7 @@ COPY serving ./serving
 RUN pip install --no-deps . && pip check \
     && python -c "import dgl, torch; assert torch.version.cuda, 'CPU-only torch'; print(dgl.__version__, torch.__version__, torch.version.cuda)"
 
-# The commit the image was built from (.git is not in the build context), read by sora.buildinfo.
+# The commit the image was built from (.git is not in the build context), read by sora.registry.buildinfo.
 ARG SORA_GIT_COMMIT=""
 ARG SORA_GIT_TREE=""
 ENV SORA_GIT_COMMIT=${SORA_GIT_COMMIT} SORA_GIT_TREE=${SORA_GIT_TREE}

@@ -282,9 +282,9 @@ def train_in_trainjob(config_path: str, split_uri: str, data_uri: str, model_roo
     import shutil
     from pathlib import Path
 
-    from sora import storage
-    from sora.plots import training_curves_html
-    from sora.recommender import Recommender
+    from sora.data import storage
+    from sora.evaluation.plots import training_curves_html
+    from sora.model.recommender import Recommender
 
     if not model_root or _is_local(model_root):
         raise ValueError(f"model_root {model_root!r} must be an object-store prefix the TrainJob's nodes can "

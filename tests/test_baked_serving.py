@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sora.config import SoraConfig
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.model.text import HashEncoder
+from sora.training.train import prepare, train_model
 from tests.conftest import free_port, make_dataset
 from tests.k8s_render import baked_overlay, render, serving_container
 

@@ -1,12 +1,12 @@
-"""Offline batch scoring (issue 15, deliverable 4): `sora batch-recommend` and :func:`sora.batch.batch_recommend`."""
+"""Offline batch scoring (issue 15, deliverable 4): `sora batch-recommend` and :func:`sora.serving.batch.batch_recommend`."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from sora.batch import UnknownUsersError, batch_recommend
 from sora.cli import main
-from sora.recommender import Recommender
+from sora.model.recommender import Recommender
+from sora.serving.batch import UnknownUsersError, batch_recommend
 from tests.conftest import train_tiny_model
 
 

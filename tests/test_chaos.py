@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from sora import registry, stages, storage
+from sora import registry, stages
 from sora.config import SoraConfig
-from sora.text import HashEncoder
+from sora.data import storage
+from sora.model.text import HashEncoder
 from tests.conftest import make_dataset
 from tests.faults import MlflowServer, MotoStore
 from tests.test_serving_faults import Server
@@ -129,7 +130,7 @@ def mlflow_server(store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def world(store, tmp_path_factory):
     """Data in the bucket, two trained models (seeds 1, 2) and the gate's ``sitecustomize``."""
-    from sora.train import train_model
+    from sora.training.train import train_model
 
     root = tmp_path_factory.mktemp("chaos")
     data = root / "data"
@@ -192,7 +193,7 @@ def test_embed_through_a_store_outage(world, store, tmp_path):
     argv = ["embed", "--data", world["data_uri"], "--out", out, "--cache", f"s3://{BUCKET}/cache",
             *[a for s in SETS for a in ("--set", s)]]
     # the 2nd object write is the output, after the cache: the store stops just before it
-    code, _, err, cost = _step(world, argv, store.env, tmp_path / "1", "sora.storage:write_bytes:2", store.stop)
+    code, _, err, cost = _step(world, argv, store.env, tmp_path / "1", "sora.data.storage:write_bytes:2", store.stop)
     line = _the_error_line(err)
     assert code == 1 and line.startswith(f"sora: error: cannot write {out} (endpoint {store.endpoint}"), line
     store.start()
@@ -221,7 +222,7 @@ def test_train_through_a_store_outage_resumes_from_its_checkpoint(world, store, 
     sets = [*SETS, "train.max_epochs=4", "tune.grid=[]", "train.temperature=1.0", "train.warmup_epochs=1",
             "train.min_epochs=4"]
     argv = ["train", "--data", world["data_uri"], "--out", out, *[a for s in sets for a in ("--set", s)]]
-    code, _, err, cost = _step(world, argv, store.env, tmp_path / "1", "sora.checkpoint:Checkpointer.save:3",
+    code, _, err, cost = _step(world, argv, store.env, tmp_path / "1", "sora.training.checkpoint:Checkpointer.save:3",
                                store.stop)
     line = _the_error_line(err)
     assert code == 1 and "steps/train/model.checkpoint/trial-1-epoch-00003.pt" in line and store.endpoint in line, line

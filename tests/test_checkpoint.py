@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from sora import stages
-from sora.checkpoint import Checkpointer, checkpoint_uri
 from sora.config import SoraConfig
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.model.text import HashEncoder
+from sora.training.checkpoint import Checkpointer, checkpoint_uri
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 
 SMALL = ["text.model=hash:16", "model.dim=16", "train.max_epochs=6", "train.batch_size=128", "graph.item_knn_k=3",
@@ -60,7 +60,7 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_model(tmp_path, mo
     monkeypatch.setattr(Checkpointer, "save", real_save)
     assert list((tmp_path / "model.checkpoint").iterdir()), "the killed run left its checkpoint"
 
-    with caplog.at_level(logging.WARNING, logger="sora.training_loop"):
+    with caplog.at_level(logging.WARNING, logger="sora.training.loop"):
         resumed = _train(cfg, ds, ckpt)
     tag, epoch = saves[-1]
     assert f"resumed from epoch {epoch}" in caplog.text
@@ -148,7 +148,7 @@ def test_kill_9_of_sora_train_mid_epoch_then_the_same_command_resumes(tmp_path):
     assert again.returncode == 0, log[-3000:]
     assert f"resumed from epoch {killed_at}" in log
     assert (out / "config.json").exists() and not ck.exists()
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     a, b = Recommender.load(tmp_path / "straight"), Recommender.load(out)
     assert abs(a.meta["valid"]["ndcg@10"] - b.meta["valid"]["ndcg@10"]) <= 1e-4, (a.meta["valid"], b.meta["valid"])

@@ -150,7 +150,7 @@ class Pods:
         done = subprocess.run([sys.executable, str(ROOT / "tests" / "cluster_launcher.py"), "spec.json"], cwd=work,
                               env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{component} failed:\n{done.stderr[-3000:]}"
-        from sora import storage
+        from sora.data import storage
 
         with _env(self.cluster["pod_env"]):
             return json.loads(storage.read_text(spec["result"]))
@@ -203,7 +203,7 @@ class _env:
 
 
 def test_pipeline_steps_as_pods_end_with_a_served_champion_whose_artifacts_are_in_the_bucket(cluster, tmp_path):
-    from sora import storage
+    from sora.data import storage
 
     data_uri = f"s3://{BUCKET}/datasets/tiny"
     local = tmp_path / "data"

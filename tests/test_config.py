@@ -231,7 +231,7 @@ def test_a_bad_set_exits_2_naming_the_key(capsys):
 def test_null_keys_resolve_by_training_mode():
     """AUTO keys: set training keeps its short-history values, causal training gets the SASRec-shaped ones."""
     from sora.config import AUTO, AUTO_COLD_ITEM
-    from sora.train import tuning_trials
+    from sora.training.train import tuning_trials
 
     plain = SoraConfig()
     assert all(plain.to_dict()[k.split(".")[0]][k.split(".")[1]] is None for k in AUTO)

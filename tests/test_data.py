@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from sora.data import DataError, item_texts, load_dataset, timestamps_to_seconds
+from sora.data.contract import DataError, item_texts, load_dataset, timestamps_to_seconds
 
 
 def test_csv_and_parquet_load_with_string_ids(tmp_path, tiny_dataset):
@@ -57,7 +57,7 @@ def test_csv_and_parquet_of_one_table_is_an_error_naming_both(tmp_path, tiny_dat
 
 
 def test_write_text_atomic_replaces_whole_files(tmp_path):
-    from sora.data import write_text_atomic
+    from sora.data.contract import write_text_atomic
 
     target = write_text_atomic(tmp_path / "sub" / "r.json", "one")
     write_text_atomic(target, "two")

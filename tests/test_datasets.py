@@ -1,4 +1,4 @@
-"""The public data sets of :mod:`sora.datasets`, each from tiny files written here in its source's real format.
+"""The public data sets of :mod:`sora.data.datasets`, each from tiny files written here in its source's real format.
 
 Every writer produces the files as they are distributed (headers, separators, encodings, quoting quirks,
 archives), with a few hand-written rows holding the quirks and generated rows around them; nothing is
@@ -17,10 +17,10 @@ import pytest
 
 from sora.cli import main
 from sora.config import SplitConfig
-from sora.data import DataError, load_dataset
-from sora.datasets import DATASETS, NO_TIME, Files, has_time_order, k_core, steam_posted
-from sora.fetch import SOURCES, fetch
-from sora.split import make_split
+from sora.data.contract import DataError, load_dataset
+from sora.data.datasets import DATASETS, NO_TIME, Files, has_time_order, k_core, steam_posted
+from sora.data.fetch import SOURCES, fetch
+from sora.data.split import make_split
 
 
 def _pairs(n_users: int, n_items: int, per_user: int, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -273,7 +273,7 @@ def test_files_finds_gz_members_case_insensitively_and_names_what_it_has(tmp_pat
 
 
 def test_k_core_repeats_until_stable():
-    from sora.data import Dataset
+    from sora.data.contract import Dataset
 
     inter = pd.DataFrame({"user_id": ["a", "a", "b", "b", "c"], "item_id": ["x", "y", "x", "y", "z"],
                           "rating": 5.0, "timestamp": 0})
@@ -399,9 +399,9 @@ def test_time_splits_warn_on_data_without_time(tmp_path, caplog):
 
     def warnings(mode: str) -> list[str]:
         caplog.clear()
-        with caplog.at_level("WARNING", logger="sora.split"):
+        with caplog.at_level("WARNING", logger="sora.data.split"):
             make_split(ds, SplitConfig(mode=mode))
-        return [r.getMessage() for r in caplog.records if r.name == "sora.split" and r.levelname == "WARNING"]
+        return [r.getMessage() for r in caplog.records if r.name == "sora.data.split" and r.levelname == "WARNING"]
 
     assert warnings("random") == []
     assert any("leave-last-out: every timestamp is the same" in m for m in warnings("leave-last-out"))

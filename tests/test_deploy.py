@@ -487,7 +487,7 @@ def test_images_are_built_and_pushed_by_commit_then_the_pipeline_runs_them_by_di
     assert {s["with"]["file"] for s in pushes} == {"Dockerfile", "docker/trainer.Dockerfile"}
     for s in pushes:
         assert s["with"]["push"] is True and s["with"]["tags"].endswith(":${{ github.sha }}")
-        assert "SORA_GIT_COMMIT=${{ github.sha }}" in s["with"]["build-args"]  # reaches sora.buildinfo
+        assert "SORA_GIT_COMMIT=${{ github.sha }}" in s["with"]["build-args"]  # reaches sora.registry.buildinfo
     assert any(str(s.get("uses", "")).startswith("docker/login-action@") for s in build["steps"])
     assert wf["permissions"]["packages"] == "write"
     refs = build["outputs"]

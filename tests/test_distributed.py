@@ -19,8 +19,8 @@ SCRIPT = textwrap.dedent('''
     sys.path.insert(0, os.environ["SORA_TESTS_ROOT"])
     from tests.conftest import make_dataset
     from sora.config import SoraConfig
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
 
     from tests.test_distributed import CONFIG
 
@@ -48,8 +48,8 @@ def _single_process_weights():
     import torch
 
     from sora.config import SoraConfig
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=40, n_items=60)

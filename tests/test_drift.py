@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from sora.config import ConfigError, DriftConfig, SoraConfig
-from sora.data import Dataset, load_dataset
-from sora.drift import CHECKED, drift_report, js_divergence
+from sora.data.contract import Dataset, load_dataset
+from sora.data.drift import CHECKED, drift_report, js_divergence
 from tests.conftest import make_dataset
 
 

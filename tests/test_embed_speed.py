@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sora.text import EmbeddingCache, HashEncoder, ItemEmbeddings, embed_texts, text_hash
+from sora.model.text import EmbeddingCache, HashEncoder, ItemEmbeddings, embed_texts, text_hash
 
 
 class Spy(HashEncoder):
@@ -90,7 +90,7 @@ def test_bundled_encoder_runs_one_forward_per_batch_and_matches_sentence_transfo
     ``benchmarks/embed_speed.py``, not here): each batch is one ``model.encode`` call that does not split
     it again, batches hold texts of similar length, and the vectors are the model's own, in input order."""
     from sora.config import TextConfig
-    from sora.text import load_encoder
+    from sora.model.text import load_encoder
 
     enc = load_encoder(TextConfig())
     data = [f"Movie number {k} ({1950 + k % 70}). " + "Drama, Comedy. " * (k % 5) for k in range(300)]
@@ -110,7 +110,7 @@ def test_text_num_threads_applies_while_encoding_only():
     import torch
 
     from sora.config import TextConfig
-    from sora.text import load_encoder
+    from sora.model.text import load_encoder
 
     before = torch.get_num_threads()
     enc = load_encoder(TextConfig(num_threads=1))

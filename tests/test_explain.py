@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from sora.cli import main
-from sora.explain import attributions
-from sora.recommender import Recommender
-from sora.serving_core import ModelHolder, handle
-from sora.serving_requests import BadRequest, validate
+from sora.model.explain import attributions
+from sora.model.recommender import Recommender
+from sora.serving.core import ModelHolder, handle
+from sora.serving.requests import BadRequest, validate
 from tests.conftest import train_tiny_model
 
 
@@ -35,7 +35,7 @@ def test_decayed_head_shares_add_up_to_the_head_score(model_dir):
     items, w = r.head_history(None, history)
     assert np.allclose(w[np.searchsorted(items, history)], 0.8 ** np.arange(len(history) - 1, -1, -1))
     targets = [0, 1, 20]
-    from sora.explain import head_contributions
+    from sora.model.explain import head_contributions
 
     shares = head_contributions(r, items, targets, w)
     assert np.allclose(shares.sum(0), r.alpha * r._ii_history(items, w)[targets].numpy(), atol=1e-6)
@@ -110,7 +110,7 @@ def test_cli_explain(model_dir, capsys):
 
 
 def test_model_card_section(rec):
-    from sora.explain import explanation_markdown
+    from sora.model.explain import explanation_markdown
 
     md = explanation_markdown(rec, rec.user_ids[2], k=3)
     rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]

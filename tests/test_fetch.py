@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from sora.fetch import parse_ml100k_recbole, read_archive
+from sora.data.fetch import parse_ml100k_recbole, read_archive
 
 
 def _zip(files: dict[str, str], encoding: str = "utf-8") -> bytes:
@@ -69,7 +69,7 @@ def test_recbole_atomic_format():
 
 @pytest.mark.slow
 def test_movielens_100k_offline_fetch(ml100k_dir):
-    from sora.data import load_dataset
+    from sora.data.contract import load_dataset
 
     ds = load_dataset(ml100k_dir)
     assert len(ds.interactions) == 100_000

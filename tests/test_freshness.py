@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sora.recommender import ModelLoadError, Recommender, UnknownIdError
-from sora.serving_core import ModelHolder, handle
-from sora.serving_requests import BadRequest, Limits, NotFound, validate
+from sora.model.recommender import ModelLoadError, Recommender, UnknownIdError
+from sora.serving.core import ModelHolder, handle
+from sora.serving.requests import BadRequest, Limits, NotFound, validate
 from tests.conftest import train_tiny_model
 
 LIMITS = Limits(max_k=50, max_id_length=16, max_list_length=8, max_body_bytes=4096)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sora.config import GraphConfig
-from sora.gnn import GraphEncoder, TorchGraph
-from sora.graph import ALL_ETYPES, COOCCUR, ITEM_USER, SOCIAL, TEXT_SIM, USER_ITEM, build_graph
+from sora.model.gnn import GraphEncoder, TorchGraph
+from sora.model.graph import ALL_ETYPES, COOCCUR, ITEM_USER, SOCIAL, TEXT_SIM, USER_ITEM, build_graph
 
 # name → (users, items, num_users, num_items), as in tests/test_graph.py
 TINY = {

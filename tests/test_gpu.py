@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from sora.config import SoraConfig
-from sora.gnn import GraphEncoder, TorchGraph
-from sora.text import HashEncoder
-from sora.train import prepare, resolve_device, train_model
-from sora.training_device import cuda_problem
+from sora.model.gnn import GraphEncoder, TorchGraph
+from sora.model.text import HashEncoder
+from sora.training.device import cuda_problem
+from sora.training.train import prepare, resolve_device, train_model
 from tests.conftest import make_dataset
 from tests.test_gnn import _inputs, _random_graph, _run
 
@@ -71,8 +71,8 @@ def test_pair_user_vectors_on_cuda_equal_the_cpu_shared_pass():
     """On CUDA every (user, target) pair gets its own Transformer pass (no host sync); the CPU shares one pass
     per user whose target is outside its history. Both are the same vectors."""
     from sora.config import ModelConfig
-    from sora.model import SoraModel
-    from sora.training_loop import batch_user_vectors
+    from sora.model.network import SoraModel
+    from sora.training.loop import batch_user_vectors
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=16, history_len=4, dropout=0.0, anonymous_prob=0.0, use_text=False,
@@ -94,7 +94,7 @@ def test_pair_user_vectors_on_cuda_equal_the_cpu_shared_pass():
 def test_valid_ranking_on_cuda_equals_the_host_ranking():
     import scipy.sparse as sp
 
-    from sora.metrics import DeviceRanker, evaluate_scores
+    from sora.evaluation.metrics import DeviceRanker, evaluate_scores
 
     rng = np.random.default_rng(0)
     scores = torch.from_numpy(rng.standard_normal((300, 500)).astype(np.float32))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sora.config import GraphConfig
-from sora.graph import COOCCUR, ITEM_USER, SOCIAL, TEXT_SIM, USER_ITEM, build_graph
+from sora.model.graph import COOCCUR, ITEM_USER, SOCIAL, TEXT_SIM, USER_ITEM, build_graph
 
 # name → (users, items, num_users, num_items); item 4 of "cold_item" has no interaction
 TINY = {
@@ -88,7 +88,7 @@ def test_user_edges_given_and_knn():
 
 
 def test_knn_batches_agree_with_one_shot():
-    from sora.itemsim import knn_cosine
+    from sora.model.itemsim import knn_cosine
 
     v = _vectors(50, seed=3)
     a = knn_cosine(v, 5, batch_size=7)
@@ -103,7 +103,7 @@ def _recall(approx, exact):
 
 
 def test_ivf_knn_recalls_the_exact_neighbours_and_graph_uses_it_above_the_limit():
-    from sora.itemsim import auto_knn_nlist, knn_cosine, knn_cosine_ivf
+    from sora.model.itemsim import auto_knn_nlist, knn_cosine, knn_cosine_ivf
 
     rng = np.random.default_rng(4)  # 40 overlapping clusters of ~50 items: the shape text embeddings have
     v = (rng.normal(size=(40, 16))[rng.integers(40, size=2000)] + rng.normal(size=(2000, 16))).astype(np.float32)
@@ -132,7 +132,7 @@ def test_parallel_item_item_work_equals_one_thread():
     import numpy as np
     import scipy.sparse as sp
 
-    from sora.itemsim import cooccurrence_topk, ease_sparse
+    from sora.model.itemsim import cooccurrence_topk, ease_sparse
 
     x = sp.random(300, 120, density=0.08, random_state=4, format="csr")
     x.data[:] = 1.0

@@ -1,4 +1,4 @@
-"""The item–item head trained into causal training's logits (``train.head_in_loss``, sora.head_training)."""
+"""The item–item head trained into causal training's logits (``train.head_in_loss``, sora.training.heads)."""
 
 import numpy as np
 import pandas as pd
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sora.config import ConfigError, SoraConfig
-from sora.head_training import HeadTerm, out_of_fold_ease, window_carries
-from sora.itemsim import ease_weights, interaction_matrix
-from sora.training_prep import causal_windows
+from sora.model.itemsim import ease_weights, interaction_matrix
+from sora.training.heads import HeadTerm, out_of_fold_ease, window_carries
+from sora.training.prep import causal_windows
 
 
 def _sequences(n_users: int = 9, n_items: int = 12, seed: int = 0) -> pd.DataFrame:
@@ -66,11 +66,11 @@ def test_head_folds_below_two_is_a_config_error():
 
 @pytest.mark.parametrize("ease_lambda", ["null", "10"])  # chosen on valid, or fixed: the decay is chosen either way
 def test_causal_training_learns_the_head_weight_and_serves_it(tmp_path, ease_lambda):
-    from sora.evaluate import model_scores
-    from sora.protocol import history_of, recency_ease_scores
-    from sora.recommender import Recommender
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.data.protocol import history_of, recency_ease_scores
+    from sora.evaluation.evaluate import model_scores
+    from sora.model.recommender import Recommender
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=40, per_user=10)
@@ -102,8 +102,8 @@ def test_causal_training_learns_the_head_weight_and_serves_it(tmp_path, ease_lam
 
 def test_set_training_keeps_the_head_mixed_in_afterwards(caplog):
     """train.head_in_loss is causal only: a random-split training says so and chooses the head's weight on valid."""
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=40, per_user=10)

@@ -1,6 +1,6 @@
 """The images, checked without a Docker engine: every base image's Python against ``requires-python``,
 every install from the one lock (``requirements.lock``, also what ``make venv`` installs), each image's
-install set resolved for its Python and platform, and the commit reaching ``sora.buildinfo``."""
+install set resolved for its Python and platform, and the commit reaching ``sora.registry.buildinfo``."""
 
 import json
 import re
@@ -17,7 +17,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from sora.buildinfo import _build_info
+from sora.registry.buildinfo import _build_info
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"

@@ -9,7 +9,7 @@ def _run(code: str) -> str:
 
 
 def test_inference_path_does_not_import_dgl():
-    out = _run("import sys, sora.recommender, sora.serving_core, sora.serving_http, sora.metrics, sora.model, sora.registry.pyfunc, sora.config;"
+    out = _run("import sys, sora.model.recommender, sora.serving.core, sora.serving.http, sora.evaluation.metrics, sora.model.network, sora.registry.pyfunc, sora.config;"
                "print('dgl' in sys.modules)")
     assert out.strip() == "False"
 

@@ -1,10 +1,10 @@
-"""∞-AE (sora.infinite_ae): properties of the kernel, the closed form and the λ walk on tiny data."""
+"""∞-AE (sora.model.infinite_ae): properties of the kernel, the closed form and the λ walk on tiny data."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sora.infinite_ae import InfiniteAE, choose_lambda, ntk
+from sora.model.infinite_ae import InfiniteAE, choose_lambda, ntk
 
 
 def random_rows(users: int = 40, items: int = 25, p: float = 0.2, seed: int = 0) -> sp.csr_matrix:

@@ -1,4 +1,4 @@
-"""New items without retraining (issue 15, deliverable 3): `sora items add` and :mod:`sora.items`."""
+"""New items without retraining (issue 15, deliverable 3): `sora items add` and :mod:`sora.serving.items`."""
 
 import numpy as np
 import pandas as pd
@@ -7,11 +7,11 @@ import torch
 
 from sora import registry
 from sora.cli import main
-from sora.items import ItemsError, add_items, remove_items, validate_new_items
-from sora.recommender import Recommender
-from sora.serving_core import ModelHolder, handle
-from sora.serving_requests import Limits
-from sora.text import HashEncoder
+from sora.model.recommender import Recommender
+from sora.model.text import HashEncoder
+from sora.serving.core import ModelHolder, handle
+from sora.serving.items import ItemsError, add_items, remove_items, validate_new_items
+from sora.serving.requests import Limits
 from tests.conftest import train_tiny_model
 
 LIMITS = Limits()

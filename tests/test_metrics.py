@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sora.metrics import evaluate_scores, metrics_from_topk, rank_all
+from sora.evaluation.metrics import evaluate_scores, metrics_from_topk, rank_all
 
 
 def test_hand_computed_single_user():
@@ -53,7 +53,7 @@ def test_evaluate_scores_groups_pairs_by_user():
 def test_device_ranker_gives_evaluate_scores_numbers():
     """The on-device ranking (training's valid metric) is the host ranking, to the digit, with exclusions,
     candidates, duplicate ground truth and batches that split the users."""
-    from sora.metrics import DeviceRanker
+    from sora.evaluation.metrics import DeviceRanker
 
     rng = np.random.default_rng(3)
     n_users, n_items = 37, 53

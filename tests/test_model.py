@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from sora.config import SoraConfig
-from sora.model import HistoryFusion, SoraModel
-from sora.recommender import Recommender, UnknownIdError
-from sora.split import make_split
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.data.split import make_split
+from sora.model.network import HistoryFusion, SoraModel
+from sora.model.recommender import Recommender, UnknownIdError
+from sora.model.text import HashEncoder
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 
 FAST = ["text.model=hash:16", "model.dim=16", "train.max_epochs=6", "train.batch_size=128", "train.patience=10",
@@ -110,8 +110,8 @@ _RUN_ONCE = """
 import hashlib, sys
 import numpy as np
 from sora.config import SoraConfig
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.model.text import HashEncoder
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 ds = make_dataset(n_users=60, n_items=80)
 cfg = SoraConfig().with_overrides(["text.model=hash:16", "model.dim=8", "train.max_epochs=3", "train.num_threads=2",
@@ -151,7 +151,7 @@ def test_ablation_switches(flag, check):
 
 def test_ablation_of_item_and_user_edges():
     from sora.config import SoraConfig as C
-    from sora.train import _graph_config
+    from sora.training.train import _graph_config
 
     cfg = C().with_overrides(["model.use_item_edges=false", "model.use_user_edges=false"])
     g = _graph_config(cfg)
@@ -192,8 +192,8 @@ def test_recommendation_api(trained):
 
 
 def test_split_is_rebuilt_identically(trained, tmp_path):
-    from sora.data import DataError, load_dataset
-    from sora.evaluate import rebuild_split
+    from sora.data.contract import DataError, load_dataset
+    from sora.evaluation.evaluate import rebuild_split
 
     ds = make_dataset()
     ds.save(tmp_path / "d")
@@ -213,7 +213,7 @@ def test_split_is_rebuilt_identically(trained, tmp_path):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_numpy_fast_path_equals_the_torch_fusion(layers, causal):
-    from sora.fastpath import NumpyFusion
+    from sora.model.fastpath import NumpyFusion
 
     torch.manual_seed(layers)
     fusion = HistoryFusion(dim=16, history_len=6, layers=layers, heads=2, dropout=0.3, causal=causal).eval()

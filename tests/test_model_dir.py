@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sora.config import SoraConfig
-from sora.recommender import ModelLoadError, Recommender
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.model.recommender import ModelLoadError, Recommender
+from sora.model.text import HashEncoder
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 
 

@@ -14,9 +14,9 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from sora import snapshot
 from sora.cli import main
 from sora.cluster import NETWORK_STEPS, STEP_RESOURCES
+from sora.data import snapshot
 from sora.registry import RegistryError, connect
 from tests.conftest import make_dataset
 
@@ -278,7 +278,7 @@ def test_snapshot_root_must_outlive_the_pod(tmp_path):
 def test_snapshots_are_digest_addressed_checked_and_never_rewritten(tmp_path):
     data = tmp_path / "data"
     make_dataset(n_users=20, n_items=30).save(data, fmt="csv")
-    from sora.data import load_dataset
+    from sora.data.contract import load_dataset
 
     digest = load_dataset(data).fingerprint()
     uri = snapshot.take_snapshot(str(data), str(tmp_path / "snaps"), digest)
@@ -310,7 +310,7 @@ def test_a_pipeline_pod_with_a_local_registry_stops_at_the_first_step(tmp_path, 
 def test_nightly_run_on_rewritten_data_is_compared_with_the_champions_snapshot(tmp_path):
     data = tmp_path / "data"
     make_dataset(n_users=60, n_items=120).save(data, fmt="csv")
-    from sora.data import load_dataset
+    from sora.data.contract import load_dataset
 
     trained_on = load_dataset(data).fingerprint()
     assert _run(tmp_path, data, "train.max_epochs=2", "model.dim=8", "model.use_item_item_score=false") == 0

@@ -6,17 +6,23 @@ import pytest
 import torch
 
 from sora.config import SoraConfig, SplitConfig
-from sora.data import DataError, Dataset
-from sora.evaluate import (
+from sora.data.contract import DataError, Dataset
+from sora.data.protocol import history_of, recency_ease_scores, recency_matrix, sequences
+from sora.data.split import (
+    Split,
+    global_temporal_cuts,
+    global_temporal_labels,
+    leave_last_out_labels,
+    make_split,
+)
+from sora.evaluation.evaluate import (
     SEQUENCE_BASELINES,
     evaluate_history,
     evaluate_split,
     model_scores,
     run_baselines,
 )
-from sora.itemsim import ease_score_fn, ease_weights
-from sora.protocol import history_of, recency_ease_scores, recency_matrix, sequences
-from sora.split import Split, global_temporal_cuts, global_temporal_labels, leave_last_out_labels, make_split
+from sora.model.itemsim import ease_score_fn, ease_weights
 
 LLO = SplitConfig(mode="leave-last-out")
 
@@ -178,7 +184,7 @@ def test_default_mode_baselines_unchanged(tiny_dataset):
 
 
 def test_causal_windows_see_only_earlier_items():
-    from sora.training_prep import causal_windows
+    from sora.training.prep import causal_windows
 
     train = pd.DataFrame({"u": [0, 0, 0, 1, 1, 2], "i": [5, 3, 4, 2, 1, 7], "ts": [1.0, 2.0, 2.0, 1.0, 0.0, 0.0]})
     users, items, mask, targets = causal_windows(train, 2)
@@ -192,8 +198,8 @@ def test_causal_windows_see_only_earlier_items():
 
 @pytest.mark.parametrize("mode", ["leave-last-out", "global-temporal"])
 def test_causal_training_gives_a_history_only_model(tmp_path, mode):
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=40, per_user=10)
@@ -215,7 +221,7 @@ def test_causal_training_gives_a_history_only_model(tmp_path, mode):
     torch.testing.assert_close(rec.score_user_recent(u, [valid_item]), rec.score_history([*hist, valid_item]))
     assert torch.isfinite(model_scores(rec, split, "test")(np.array([u]))).all()
     # saved and loaded, the Transformer is the causal one again, and serving's NumPy path agrees with it
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     rec.save(tmp_path / "m")
     back = Recommender.load(tmp_path / "m")
@@ -229,9 +235,9 @@ def test_causal_training_gives_a_history_only_model(tmp_path, mode):
 
 def test_decayed_head_is_recency_ease_on_the_prefix_and_survives_save_load(tmp_path):
     """With a recency decay chosen, the head of a known user reads train (+ valid for test) weighted by age."""
-    from sora.recommender import Recommender
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.recommender import Recommender
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=40, per_user=10)
@@ -311,7 +317,7 @@ def test_global_temporal_reads_any_epoch_unit():
 
 
 def test_global_temporal_without_spread_in_time_names_the_cut():
-    from sora.training_prep import prepare_training
+    from sora.training.prep import prepare_training
 
     ds = _timed_dataset()
     ds.interactions["timestamp"] = 5  # every event at one time: nothing lies after the first cut

@@ -6,12 +6,12 @@ from importlib.metadata import version
 import mlflow
 import pytest
 
-from sora.ann import INDEX_FILE
 from sora.config import SoraConfig
+from sora.model.ann import INDEX_FILE
+from sora.model.text import HashEncoder
 from sora.registry import log_and_register
 from sora.registry.pyfunc import inference_requirements
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 
 

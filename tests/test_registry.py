@@ -12,12 +12,12 @@ import pytest
 
 from sora import registry
 from sora.config import SoraConfig
-from sora.evaluate import evaluate_model
-from sora.promotion import decide
-from sora.recommender import Recommender
+from sora.evaluation.evaluate import evaluate_model
+from sora.evaluation.promotion import decide
+from sora.model.recommender import Recommender
+from sora.model.text import HashEncoder
 from sora.stages import model_hash
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.training.train import prepare, train_model
 from tests.conftest import free_port, make_dataset
 
 

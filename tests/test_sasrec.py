@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from sora.config import SoraConfig, SplitConfig
-from sora.data import Dataset
-from sora.evaluate import evaluate_history, run_baselines, sasrec_baseline
-from sora.sasrec import SASRec, SASRecConfig, fit_sasrec, pad_left, training_windows
-from sora.split import make_split
+from sora.data.contract import Dataset
+from sora.data.split import make_split
+from sora.evaluation.evaluate import evaluate_history, run_baselines, sasrec_baseline
+from sora.model.sasrec import SASRec, SASRecConfig, fit_sasrec, pad_left, training_windows
 
 SMALL = dict(dim=16, blocks=1, heads=2, dropout=0.0, max_len=5, batch_size=16, lr=5e-3)
 

@@ -10,10 +10,10 @@ import pytest
 
 from sora.cli.serve import port_problem
 from sora.config import SoraConfig
-from sora.recommender import Recommender
-from sora.serving_core import ModelHolder, content_version, handle
-from sora.serving_http import HealthEndpoint, RequestGuard, check_media_type
-from sora.serving_requests import (
+from sora.model.recommender import Recommender
+from sora.serving.core import ModelHolder, content_version, handle
+from sora.serving.http import HealthEndpoint, RequestGuard, check_media_type
+from sora.serving.requests import (
     ENDPOINTS,
     BadRequest,
     Limits,
@@ -490,7 +490,7 @@ def test_stop_listening_refuses_new_connections_but_keeps_accepted_ones():
 
     code = """if True:
         import socket
-        from sora.serving_http import stop_listening
+        from sora.serving.http import stop_listening
         server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
         port = server.getsockname()[1]
         client = socket.create_connection(("127.0.0.1", port)); conn, _ = server.accept()

@@ -21,8 +21,8 @@ import pytest
 
 from sora.cli.serve import port_problem
 from sora.config import SoraConfig
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
+from sora.model.text import HashEncoder
+from sora.training.train import prepare, train_model
 from tests.conftest import free_port, make_dataset
 
 pytestmark = pytest.mark.slow

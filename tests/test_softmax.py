@@ -1,11 +1,11 @@
-"""The fused softmax cross-entropy (sora.softmax) is autograd's masked cross-entropy, value and gradients."""
+"""The fused softmax cross-entropy (sora.training.softmax) is autograd's masked cross-entropy, value and gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sora import softmax
-from sora.softmax import IGNORE, softmax_cross_entropy
+from sora.training import softmax
+from sora.training.softmax import IGNORE, softmax_cross_entropy
 
 
 @pytest.mark.parametrize("rows_per_chunk", [7, 10_000])  # several chunks, and one

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from sora.config import SplitConfig
-from sora.split import Split, make_split, ratio_counts
+from sora.data.split import Split, make_split, ratio_counts
 
 
 def _pairs(df):

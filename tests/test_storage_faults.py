@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from sora import storage
+from sora.data import storage
 from tests.faults import MotoStore
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sora.config import TextConfig
-from sora.text import EmbeddingCache, HashEncoder, ItemEmbeddings, embed_items, load_encoder
+from sora.model.text import EmbeddingCache, HashEncoder, ItemEmbeddings, embed_items, load_encoder
 
 
 class CountingEncoder(HashEncoder):

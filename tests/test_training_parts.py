@@ -6,12 +6,16 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sora import training_prep
 from sora.config import ConfigError, SoraConfig
-from sora.evaluate import run_baselines
-from sora.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
-from sora.protocol import sequences
-from sora.selection import (
+from sora.data.protocol import sequences
+from sora.data.split import make_split
+from sora.evaluation.evaluate import run_baselines
+from sora.model.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
+from sora.model.text import HashEncoder
+from sora.training import prep as training_prep
+from sora.training.loop import fit, run_epochs, softmax_loss
+from sora.training.prep import check_item_item_head, dense_head_at, item_item_head, prepare_training
+from sora.training.selection import (
     ALPHA_GRID,
     EASE_LAMBDA_START,
     BestEpoch,
@@ -21,11 +25,14 @@ from sora.selection import (
     select_alpha,
     select_heads,
 )
-from sora.split import make_split
-from sora.text import HashEncoder
-from sora.train import build_model, prepare, recent_history, resolve_device, train_model, tuning_trials
-from sora.training_loop import fit, run_epochs, softmax_loss
-from sora.training_prep import check_item_item_head, dense_head_at, item_item_head, prepare_training
+from sora.training.train import (
+    build_model,
+    prepare,
+    recent_history,
+    resolve_device,
+    train_model,
+    tuning_trials,
+)
 from tests.conftest import make_dataset
 
 FAST = ["text.model=hash:16", "model.dim=8", "train.max_epochs=2", "train.batch_size=64", "graph.item_knn_k=3",
@@ -82,7 +89,7 @@ def test_sparse_head_above_ease_max_items(tiny):
 
 def test_head_that_cannot_fit_fails_before_training(tiny, monkeypatch):
     ds, cfg, split, emb = tiny
-    import sora.training_prep as tp
+    import sora.training.prep as tp
 
     monkeypatch.setattr(tp, "available_memory_bytes", lambda: 1000)
     with pytest.raises(ValueError, match="graph.ease_max_items"):
@@ -156,7 +163,7 @@ def test_best_epoch_warmup_and_patience():
 @pytest.mark.parametrize(("peak", "want", "calls"), [(3, 3, 5), (-2, -2, 5), (0, 0, 3), (9, 5, 6), (-9, -5, 7)])
 def test_ease_lambda_walk_climbs_to_the_valid_peak(monkeypatch, peak, want, calls):
     """The walk over 300·2^k follows valid NDCG@10 up or down to its peak, within |k| ≤ 5, one fit per λ."""
-    import sora.selection as sel
+    import sora.training.selection as sel
 
     fits = []
     monkeypatch.setattr(sel, "ease_weights", lambda x, lam: fits.append(lam) or lam)  # the "weights" are λ itself
@@ -332,8 +339,8 @@ def test_training_is_the_same_on_one_thread_and_two():
     import torch
 
     from sora.config import SoraConfig
-    from sora.text import HashEncoder
-    from sora.train import prepare, train_model
+    from sora.model.text import HashEncoder
+    from sora.training.train import prepare, train_model
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=60, n_items=120)
@@ -364,8 +371,8 @@ def test_per_pair_user_vectors_equal_the_shared_pass():
     import torch
 
     from sora.config import ModelConfig
-    from sora.model import SoraModel
-    from sora.training_loop import batch_user_vectors
+    from sora.model.network import SoraModel
+    from sora.training.loop import batch_user_vectors
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=16, history_len=4, dropout=0.0, anonymous_prob=0.0, use_text=False, transformer_layers=1)
@@ -386,7 +393,7 @@ def test_a_size_that_cannot_fit_the_gpu_is_refused_before_training_naming_the_pa
     import torch
 
     from sora.config import SoraConfig
-    from sora.training_device import check_training_memory, training_memory_parts
+    from sora.training.device import check_training_memory, training_memory_parts
 
     cfg = SoraConfig().resolved()
     parts = training_memory_parts(1_000_000, 500_000, 20_000_000, cfg)
@@ -409,10 +416,10 @@ def test_causal_loss_over_every_position_equals_the_selected_targets(head_in_los
     import torch
 
     from sora.config import SoraConfig
-    from sora.text import HashEncoder
-    from sora.train import build_model, prepare, seed_everything
-    from sora.training_loop import window_loss
-    from sora.training_prep import prepare_training
+    from sora.model.text import HashEncoder
+    from sora.training.loop import window_loss
+    from sora.training.prep import prepare_training
+    from sora.training.train import build_model, prepare, seed_everything
     from tests.conftest import make_dataset
 
     ds = make_dataset(n_users=30, n_items=50, per_user=15)
@@ -441,7 +448,7 @@ def test_causal_loss_over_every_position_equals_the_selected_targets(head_in_los
 def test_the_heads_alone_are_served_where_valid_says_the_network_only_adds_noise(tiny, tmp_path):
     """The head alone is a candidate: with an oracle head and a network of noise, valid picks it, and the
     saved model scores, recommends and explains without the network."""
-    from sora.recommender import Recommender
+    from sora.model.recommender import Recommender
 
     ds, cfg, split, emb = tiny
     rec = train_model(split, emb, ds.items, cfg.with_overrides(["tune.grid=[]"]), progress=False).recommender
@@ -464,7 +471,7 @@ def test_the_heads_alone_are_served_where_valid_says_the_network_only_adds_noise
     hist = [loaded.item_ids[i] for i in x[int(vu[0])].indices[:2]]
     scores = loaded.score_history([loaded.item_index[i] for i in hist])
     torch.testing.assert_close(scores, loaded._heads(None, [loaded.item_index[i] for i in hist]))
-    from sora.explain import attributions
+    from sora.model.explain import attributions
 
     u = int(vu[0])
     targets = [loaded.item_index[r["item_id"]] for r in out]

@@ -225,13 +225,13 @@ def test_train_in_trainjob_creates_waits_and_hands_the_model_on(tmp_path, monkey
 
     config = tmp_path / "config.json"
     config.write_text('{"train": {"max_epochs": 2}}')
-    model_root = tmp_path / "models"  # stands in for the object store (read through sora.storage)
+    model_root = tmp_path / "models"  # stands in for the object store (read through sora.data.storage)
 
     class FakeRec:
         meta = {"history": [{"epoch": 1, "loss": 0.5}]}
 
     monkeypatch.setattr(trainjob, "_is_local", lambda uri: False)
-    monkeypatch.setattr("sora.recommender.Recommender.load", classmethod(lambda cls, d: FakeRec()))
+    monkeypatch.setattr("sora.model.recommender.Recommender.load", classmethod(lambda cls, d: FakeRec()))
     api = _Api([[{"type": "Complete", "status": "True"}]])
 
     def create(group, version, namespace, plural, body):  # the job "writes" its model where it was told

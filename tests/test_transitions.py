@@ -1,4 +1,4 @@
-"""The transition head (``sora.transitions``): built from the training order, chosen on valid, and the
+"""The transition head (``sora.model.transitions``): built from the training order, chosen on valid, and the
 same on every scoring path, after save / load and catalogue changes, and in explanations."""
 
 import numpy as np
@@ -8,13 +8,13 @@ import scipy.sparse as sp
 import torch
 
 from sora.config import SoraConfig
-from sora.data import Dataset
-from sora.protocol import recency_matrix, sequences
-from sora.recommender import ModelLoadError, Recommender
-from sora.selection import select_transitions
-from sora.text import HashEncoder
-from sora.train import prepare, train_model
-from sora.transitions import transition_matrix
+from sora.data.contract import Dataset
+from sora.data.protocol import recency_matrix, sequences
+from sora.model.recommender import ModelLoadError, Recommender
+from sora.model.text import HashEncoder
+from sora.model.transitions import transition_matrix
+from sora.training.selection import select_transitions
+from sora.training.train import prepare, train_model
 from tests.conftest import make_dataset
 
 SMALL = ["text.model=hash:16", "model.dim=16", "train.max_epochs=2", "train.batch_size=64", "model.history_len=4",
@@ -103,7 +103,7 @@ def test_saved_and_loaded_and_damage_is_named(causal, tmp_path):
 
 
 def test_explanations_carry_the_transition_share_exactly(causal):
-    from sora.explain import attributions
+    from sora.model.explain import attributions
 
     rec, _, _ = causal
     history = [rec.item_index[i] for i in rec.item_ids[2:16]]  # longer than the window
@@ -124,7 +124,7 @@ def test_explanations_carry_the_transition_share_exactly(causal):
 
 
 def test_items_added_and_removed_keep_the_head(causal):
-    from sora.items import add_items, remove_items
+    from sora.serving.items import add_items, remove_items
 
     rec, _, _ = causal
     new = pd.DataFrame({"item_id": ["n1", "n2"], "title": ["Drama movie new", "Comedy movie new"]})

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sora.cli import main
-from sora.validation import validate_dataset_dir
+from sora.data.validation import validate_dataset_dir
 
 
 def _rules(report, table="interactions"):

@@ -5,6 +5,9 @@ This package is the edge: it reads environment variables, configures logging, an
 ``sora`` allowed to reach the pipeline (``sora_pipelines``) and service (``sora_serving``) packages,
 lazily, inside the commands that need them. Every user error is one line on stderr; exit codes are
 0 success, 1 data / gate / registry / storage failure, 2 usage error.
+
+Package rules (``tests/test_layers.py``): the top layer; may import any part of ``sora`` (through
+:mod:`sora.stages` where a stage exists), and holds ``make demo``'s driver (:mod:`sora.cli.demo`).
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     setup_logging(args.verbose)
     from sora.config import ConfigError
-    from sora.data import DataError
-    from sora.recommender import ModelLoadError
+    from sora.data.contract import DataError
+    from sora.data.storage import StorageError
+    from sora.model.recommender import ModelLoadError
     from sora.registry import RegistryError
-    from sora.storage import StorageError
 
     try:
         return args.func(args)

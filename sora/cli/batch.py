@@ -1,4 +1,4 @@
-"""``sora batch-recommend``: every user's top-k, offline, as one Parquet table (:func:`sora.batch.batch_recommend`)."""
+"""``sora batch-recommend``: every user's top-k, offline, as one Parquet table (:func:`sora.serving.batch.batch_recommend`)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def read_users_arg(value: str) -> str | list[str]:
 
     import pandas as pd
 
-    from sora import storage
-    from sora.batch import read_user_ids
+    from sora.data import storage
+    from sora.serving.batch import read_user_ids
 
     data = storage.read_bytes(value)
     if value.endswith(".parquet"):
@@ -49,7 +49,7 @@ def read_users_arg(value: str) -> str | list[str]:
 
 
 def cmd_batch_recommend(args) -> int:
-    from sora.batch import batch_recommend
+    from sora.serving.batch import batch_recommend
 
     rec = load_model_from(args)
     users = read_users_arg(args.users)

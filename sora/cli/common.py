@@ -71,6 +71,6 @@ def positive_int(text: str) -> int:
 
 def write_json(uri: str | Path, payload: Any) -> None:
     """Write JSON through a temporary name (a directory or unwritable path is one clear error)."""
-    from sora import storage
+    from sora.data import storage
 
     storage.write_text(str(uri), json.dumps(payload, indent=2))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from sora.cli.common import EXIT_FAIL, EXIT_OK, add_config_args, config_from, default_cache_dir, positive_int
 
-#: sora.fetch.SOURCES and sora.datasets.DATASETS, written out so that building the parser imports no pandas
+#: sora.data.fetch.SOURCES and sora.data.datasets.DATASETS, written out so that building the parser imports no pandas
 FETCH_NAMES = ("movielens-100k | ml-latest-small | movielens-1m | goodbooks-10k | book-crossing | anime | amazon-beauty | "
                "amazon-video-games | steam")
 
 
 def cmd_fetch(args) -> int:
-    from sora.datasets import has_time_order
-    from sora.fetch import fetch_to
+    from sora.data.datasets import has_time_order
+    from sora.data.fetch import fetch_to
 
     ds, origin = fetch_to(args.name, args.dest, cache_dir=args.cache or default_cache_dir() / "downloads",
                           source=args.source, fmt=args.format, core=args.core,

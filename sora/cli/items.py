@@ -1,4 +1,4 @@
-"""``sora items add``: new catalogue items through their text, same weights (:func:`sora.items.add_items`).
+"""``sora items add``: new catalogue items through their text, same weights (:func:`sora.serving.items.add_items`).
 
 With ``--model-uri models:/NAME@ALIAS`` the result is registered as a new version of NAME and the alias
 is moved to it (``--no-promote`` leaves it on ``challenger``), so every replica's hot swap picks it up.
@@ -22,8 +22,8 @@ def read_items_file(uri: str):
 
     import pandas as pd
 
-    from sora import storage
-    from sora.items import ItemsError
+    from sora.data import storage
+    from sora.serving.items import ItemsError
 
     data = storage.read_bytes(uri)
     try:
@@ -38,8 +38,8 @@ def cmd_items_add(args) -> int:
     import sys
 
     from sora import stages
-    from sora.items import add_items
-    from sora.text import EmbeddingCache, load_encoder
+    from sora.model.text import EmbeddingCache, load_encoder
+    from sora.serving.items import add_items
 
     registry_uri = args.model_uri if args.model_uri and args.model_uri.startswith("models:/") else None
     if not registry_uri and not args.out:

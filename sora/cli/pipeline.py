@@ -39,12 +39,12 @@ def cmd_run(args) -> int:
 
     data = args.data
     if data is None:
-        from sora.fetch import fetch_to
+        from sora.data.fetch import fetch_to
 
         data = Path(args.workdir) / "data" / "movielens-100k"
         if not (data / "interactions.csv").exists():
             fetch_to("movielens-100k", data, cache_dir=default_cache_dir() / "downloads")
-    from sora import storage
+    from sora.data import storage
 
     data_uri = str(data) if storage.is_remote(str(data)) else str(Path(data).resolve())
     arguments = _arguments(args, data_uri, local=True)

@@ -71,7 +71,7 @@ def _stop_leftovers(timeout: float = 5.0) -> None:
 
 def cmd_serve(args) -> int:
     """Run ``bentoml serve sora_serving.service:SoraService`` until it exits or a signal stops it."""
-    from sora.serving_http import die_with_parent
+    from sora.serving.http import die_with_parent
 
     grace = SoraConfig().serve.grace_period_s
     problem = port_problem(args.host, args.port)

@@ -5,7 +5,7 @@ tracking URI explicitly; the CLI and components resolve it (flag > ``MLFLOW_TRAC
 ``sqlite:///.sora/mlflow.db``), see :func:`resolve_tracking_uri`.
 
 Aliases: a new version gets ``challenger``. :func:`compare` scores the challenger and the current
-``champion`` on the challenger's split and applies :func:`sora.promotion.decide`; :func:`promote` moves
+``champion`` on the challenger's split and applies :func:`sora.evaluation.promotion.decide`; :func:`promote` moves
 ``champion`` and records the version it replaced as the tag ``previous_champion``, which
 :func:`rollback` follows. An unreachable server (:class:`RegistryUnreachable`) is told apart from a
 missing model, version or alias (:class:`RegistryNotFound`).
@@ -15,6 +15,10 @@ Faults mid-operation (the server or its artifact store stops answering) end in o
 (``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``). :func:`log_and_register` uploads
 every artifact before it creates the version, and creates it with its content-hash tag in the same call,
 so a version never exists without its artifacts and a re-run finds it instead of adding another.
+
+Package rules (``tests/test_layers.py``): owns MLflow (this module and :mod:`sora.registry.pyfunc`) and
+the build information recorded with every version (:mod:`sora.registry.buildinfo`). May import
+:mod:`sora.config`, :mod:`sora.data`, :mod:`sora.model`, :mod:`sora.training`, :mod:`sora.evaluation`.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from sora.buildinfo import build_info
 from sora.config import RegistryConfig, SoraConfig
-from sora.evaluate import evaluate_split, model_scores, mostpop_scores
-from sora.metrics import metric_name
-from sora.promotion import Decision, decide
-from sora.recommender import Recommender
-from sora.split import Split
+from sora.data.split import Split
+from sora.evaluation.evaluate import evaluate_split, model_scores, mostpop_scores
+from sora.evaluation.metrics import metric_name
+from sora.evaluation.promotion import Decision, decide
+from sora.model.recommender import Recommender
+from sora.registry.buildinfo import build_info
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +254,7 @@ def log_and_register(tracking_uri: str, model_name: str, model_dir: str | Path, 
     """
     import mlflow
 
-    from sora.plots import training_curves_png
+    from sora.evaluation.plots import training_curves_png
     from sora.registry.pyfunc import log_pyfunc
 
     cfg = cfg or RegistryConfig()

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ["user_id", "item_ids", "scores", "fallback"]
 DEFAULT_PARAMS = {"k": 10, "exclude_seen": True, "fallback": True}
 INFERENCE_PACKAGES = ("torch", "numpy", "pandas", "scipy", "safetensors", "pyarrow", "pyyaml", "pydantic", "mlflow")
-#: Needed only by models that carry an approximate top-k index (``ann.faiss``, :mod:`sora.ann`): loading
+#: Needed only by models that carry an approximate top-k index (``ann.faiss``, :mod:`sora.model.ann`): loading
 #: one imports faiss.
 ANN_PACKAGE = "faiss-cpu"
 
 
 class SoraPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from sora.recommender import Recommender
+        from sora.model.recommender import Recommender
 
         self.rec = Recommender.load(context.artifacts["model_dir"])
 
@@ -68,7 +68,7 @@ def recommend_frame(rec, model_input: pd.DataFrame, k: int = 10, exclude_seen: b
 def inference_requirements(model_dir: str | Path | None = None) -> list[str]:
     """Pinned versions of the inference stack as installed here, plus faiss-cpu when the model directory
     holds an approximate top-k index (a model without one does not pull faiss where it is loaded)."""
-    from sora.ann import INDEX_FILE
+    from sora.model.ann import INDEX_FILE
 
     names = list(INFERENCE_PACKAGES)
     if model_dir is not None and (Path(model_dir) / INDEX_FILE).exists():
