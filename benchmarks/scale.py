@@ -82,7 +82,8 @@ def run_one(size: str, max_steps: int | None, device: str = "cpu", profile: bool
         resolve_device,
         training_memory_parts,
     )
-    from sora.training.loop import dot_scores, fit, run_epochs, step_loss
+    from sora.training.loop import dot_scores, fit, run_epochs
+    from sora.training.losses import step_loss
     from sora.training.prep import peak_rss_mb, prepare_training
     from sora.training.train import build_model, seed_everything
 

@@ -11,7 +11,7 @@ goodbooks-10k, book-crossing, anime, amazon-beauty, amazon-video-games, steam). 
   without any head. A paired bootstrap over test users (each user's NDCG@10 averaged over the seeds) gives
   Sora / EASE and Sora / the best baseline with 95% intervals.
 - **Protocol T** (``leave-last-out``) only where the timestamps order anything (a source without time has
-  every row at 0: :func:`sora.data.datasets.has_time_order`): ``benchmarks/protocol_t.py``'s comparison without
+  every row at 0: :func:`sora.data.contract.has_time_order`): ``benchmarks/protocol_t.py``'s comparison without
   its ablations, i.e. Sora and SASRec per seed, MostPop, EASE and recency-weighted EASE, the same bootstrap.
 - **training time**: Sora's fit seconds (mean over the seeds, every trial on valid included) per dataset
   and protocol, on this machine.
@@ -48,8 +48,11 @@ from protocol_t import mean_std, paired_bootstrap, run_dataset, train_sora  # no
 from quality import machine  # noqa: E402
 
 from sora.config import SoraConfig  # noqa: E402
-from sora.data.contract import Dataset, load_dataset  # noqa: E402
-from sora.data.datasets import has_time_order  # noqa: E402
+from sora.data.contract import (  # noqa: E402
+    Dataset,
+    has_time_order,  # noqa: E402
+    load_dataset,
+)
 from sora.data.split import make_split  # noqa: E402
 from sora.evaluation.evaluate import run_baselines  # noqa: E402
 from sora.model.text import EmbeddingCache, embed_items, load_encoder  # noqa: E402

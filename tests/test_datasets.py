@@ -17,9 +17,10 @@ import pytest
 
 from sora.cli import main
 from sora.config import SplitConfig
-from sora.data.contract import DataError, load_dataset
-from sora.data.datasets import DATASETS, NO_TIME, Files, has_time_order, k_core, steam_posted
+from sora.data.contract import DataError, has_time_order, k_core, load_dataset
+from sora.data.datasets import DATASETS, NO_TIME, steam_posted
 from sora.data.fetch import SOURCES, fetch
+from sora.data.sources import Files
 from sora.data.split import make_split
 
 

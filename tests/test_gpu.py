@@ -72,7 +72,7 @@ def test_pair_user_vectors_on_cuda_equal_the_cpu_shared_pass():
     per user whose target is outside its history. Both are the same vectors."""
     from sora.config import ModelConfig
     from sora.model.network import SoraModel
-    from sora.training.loop import batch_user_vectors
+    from sora.training.losses import batch_user_vectors
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=16, history_len=4, dropout=0.0, anonymous_prob=0.0, use_text=False,

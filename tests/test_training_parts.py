@@ -13,7 +13,8 @@ from sora.evaluation.evaluate import run_baselines
 from sora.model.itemsim import cooccurrence_topk, ease_sparse, ease_weights, interaction_matrix
 from sora.model.text import HashEncoder
 from sora.training import prep as training_prep
-from sora.training.loop import fit, run_epochs, softmax_loss
+from sora.training.loop import fit, run_epochs
+from sora.training.losses import softmax_loss
 from sora.training.prep import check_item_item_head, dense_head_at, item_item_head, prepare_training
 from sora.training.selection import (
     ALPHA_GRID,
@@ -372,7 +373,7 @@ def test_per_pair_user_vectors_equal_the_shared_pass():
 
     from sora.config import ModelConfig
     from sora.model.network import SoraModel
-    from sora.training.loop import batch_user_vectors
+    from sora.training.losses import batch_user_vectors
 
     torch.manual_seed(0)
     cfg = ModelConfig(dim=16, history_len=4, dropout=0.0, anonymous_prob=0.0, use_text=False, transformer_layers=1)
@@ -417,7 +418,7 @@ def test_causal_loss_over_every_position_equals_the_selected_targets(head_in_los
 
     from sora.config import SoraConfig
     from sora.model.text import HashEncoder
-    from sora.training.loop import window_loss
+    from sora.training.losses import window_loss
     from sora.training.prep import prepare_training
     from sora.training.train import build_model, prepare, seed_everything
     from tests.conftest import make_dataset

@@ -13,7 +13,7 @@ FETCH_NAMES = ("movielens-100k | ml-latest-small | movielens-1m | goodbooks-10k 
 
 
 def cmd_fetch(args) -> int:
-    from sora.data.datasets import has_time_order
+    from sora.data.contract import has_time_order
     from sora.data.fetch import fetch_to
 
     ds, origin = fetch_to(args.name, args.dest, cache_dir=args.cache or default_cache_dir() / "downloads",

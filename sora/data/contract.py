@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -204,3 +205,53 @@ def timestamps_to_seconds(col: pd.Series) -> pd.Series:
     parsed = pd.to_datetime(col, errors="coerce", utc=True, format="mixed")
     secs = (parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
     return numeric.where(numeric.notna(), secs).astype(float)
+
+
+# ------------------------------------------------------------------ building and reducing a Dataset
+
+def to_contract(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None) -> Dataset:
+    """Typed tables in the contract's column order: string ids, float ratings, integer timestamps."""
+    inter = inter[["user_id", "item_id", "rating", "timestamp"]].copy()
+    inter["user_id"] = inter["user_id"].astype("string")
+    inter["item_id"] = inter["item_id"].astype("string")
+    inter["rating"] = inter["rating"].astype(float)
+    inter["timestamp"] = inter["timestamp"].astype("int64")
+    if users is not None:
+        users = users.copy()
+        users["user_id"] = users["user_id"].astype("string")
+    return Dataset(interactions=inter.reset_index(drop=True), items=items, users=users)
+
+
+def has_time_order(interactions: pd.DataFrame) -> bool:
+    """Whether the timestamps order anything: False for a source without time (all rows at :data:`NO_TIME`)."""
+    return timestamps_to_seconds(interactions["timestamp"]).nunique() > 1
+
+
+def sample_users(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """The interactions of ``n`` users drawn at random (seeded); items and users tables restricted to them."""
+    ids = np.sort(dataset.interactions["user_id"].unique().astype(str))
+    if n >= len(ids):
+        return dataset
+    keep = set(np.random.default_rng(seed).choice(ids, n, replace=False))
+    x = dataset.interactions[dataset.interactions["user_id"].isin(keep)]
+    return _restricted(dataset, x)
+
+
+def _restricted(dataset: Dataset, x: pd.DataFrame) -> Dataset:
+    items = dataset.items[dataset.items["item_id"].isin(set(x["item_id"]))].reset_index(drop=True)
+    users = dataset.users
+    if users is not None:
+        users = users[users["user_id"].isin(set(x["user_id"]))].reset_index(drop=True)
+    return Dataset(x.reset_index(drop=True), items, users, dataset.user_edges)
+
+
+def k_core(dataset: Dataset, k: int) -> Dataset:
+    """Users and items with at least ``k`` interactions (repeated until stable); items nobody rated dropped."""
+    x = dataset.interactions
+    while True:
+        keep = (x.groupby("user_id")["item_id"].transform("size") >= k) & \
+               (x.groupby("item_id")["user_id"].transform("size") >= k)
+        if keep.all():
+            break
+        x = x[keep]
+    return _restricted(dataset, x)

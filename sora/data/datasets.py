@@ -3,7 +3,7 @@
 ``sora data fetch NAME --source PATH_OR_URL`` reads a local mirror (a directory, searched recursively,
 or the archive / file as distributed: zip, tar, ``.gz``) or downloads a URL; without ``--source`` the
 public default URLs below are tried. Files are found by base name, case-insensitively, with or without
-``.gz``. The parsers are pure functions over a ``files(name) -> bytes`` callable, like :mod:`sora.data.fetch`.
+``.gz`` (:mod:`sora.data.sources`). The parsers are pure functions over a ``files(name) -> bytes`` callable, like :mod:`sora.data.fetch`.
 
 =================== ====================================== ============ ========= =====================================
 name                files                                  ratings      time      item text
@@ -35,7 +35,7 @@ Decisions, the same for every data set:
   rated") are kept with rating **0.0**: no positive at the default threshold, every row a positive with
   ``split.rating_threshold=null``, explicit ratings only with a threshold of 0.5.
 - **No timestamp in the source** (goodbooks-10k, Book-Crossing, anime): every row gets timestamp 0
-  (1970-01-01), so the table stays valid and the absence is detectable: :func:`has_time_order` is False
+  (1970-01-01), so the table stays valid and the absence is detectable: :func:`sora.data.contract.has_time_order` is False
   when all timestamps are equal, and Protocol T (``leave-last-out``) and the temporal splits must be
   skipped for that data (the suite does). Repeated (user, item) pairs are then one row, the last kept.
 - **Steam's dates** are days ("Posted November 5, 2011."); Steam writes no year for the year it is read in,
@@ -54,16 +54,11 @@ until stable (Book-Crossing has 270k books, more than EASE's dense limit).
 from __future__ import annotations
 
 import ast
-import fnmatch
-import gzip
 import html
 import io
 import json
 import logging
 import re
-import tarfile
-import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,164 +66,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sora.data.contract import DataError, Dataset, timestamps_to_seconds
+from sora.data.contract import DataError, Dataset, to_contract
+from sora.data.sources import FileReader, first_file, open_source, optional_file, parse_file
 
 log = logging.getLogger(__name__)
 
 #: Timestamp of every row of a source that has none (see the module docstring).
 NO_TIME = 0
-FileReader = Callable[[str], bytes]
-
-
-class MissingFile(DataError):
-    """A file the parser needs is not in the source."""
-
-
-class Files:
-    """The files of one source by base name: directories (recursively), zip / tar archives, single files.
-
-    ``files("ratings.csv")`` also finds ``ratings.csv.gz`` (decompressed) and accepts glob patterns. Archives
-    inside a directory are opened too, so a folder of downloads works as it is.
-    """
-
-    def __init__(self, locations: list[Path], label: str):
-        self.label = label
-        self._found: dict[str, tuple[str, Callable[[], bytes]]] = {}  # lower-case base name → (where, read)
-        for loc in locations:
-            if not loc.exists():
-                raise DataError(f"{label}: no such file or directory", path=loc)
-            for path in sorted(loc.rglob("*")) if loc.is_dir() else [loc]:
-                if path.is_file():
-                    self._add_file(path)
-
-    def _add(self, name: str, where: str, read: Callable[[], bytes]) -> None:
-        base = name.rsplit("/", 1)[-1].lower()
-        self._found.setdefault(base, (where, read))
-        if base.endswith(".gz"):
-            self._found.setdefault(base[:-3], (where, lambda: gzip.decompress(read())))
-
-    def _add_file(self, path: Path) -> None:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                for member in zf.namelist():
-                    if not member.endswith("/"):
-                        self._add(member, f"{path}:{member}", lambda m=member: _zip_member(path, m))
-        elif path.suffix in (".tar", ".tgz") or path.name.endswith((".tar.gz", ".tar.bz2", ".tar.xz")):
-            with tarfile.open(path) as tf:
-                for member in tf.getmembers():
-                    if member.isfile():
-                        self._add(member.name, f"{path}:{member.name}",
-                                  lambda m=member.name: _tar_member(path, m))
-        self._add(path.name, str(path), path.read_bytes)
-
-    def where(self, name: str) -> str:
-        """Where ``name`` is read from (``archive:member`` or a path); the name itself when absent."""
-        return self._match(name)[0] if self._match(name) else name
-
-    def _match(self, name: str) -> tuple[str, Callable[[], bytes]] | None:
-        key = name.lower()
-        if key in self._found:
-            return self._found[key]
-        hits = sorted(k for k in self._found if fnmatch.fnmatch(k, key))
-        return self._found[hits[0]] if hits else None
-
-    def __call__(self, name: str) -> bytes:
-        found = self._match(name)
-        if found is None:
-            have = ", ".join(sorted(self._found)[:8]) or "no files"
-            raise MissingFile(f"{self.label}: no file {name} (found: {have})")
-        where, read = found
-        try:
-            return read()
-        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
-            raise DataError(f"{self.label}: cannot read {where} ({type(exc).__name__}: {exc})") from exc
-
-
-def _zip_member(path: Path, member: str) -> bytes:
-    with zipfile.ZipFile(path) as zf:
-        return zf.read(member)
-
-
-def _tar_member(path: Path, member: str) -> bytes:
-    with tarfile.open(path) as tf:
-        return tf.extractfile(member).read()
-
-
-def parse_file(files: FileReader, name: str, parse: Callable[[bytes], pd.DataFrame]) -> pd.DataFrame:
-    """``parse(files(name))``; any failure is one :class:`DataError` naming the source and the file."""
-    data = files(name)
-    try:
-        return parse(data)
-    except Exception as exc:  # noqa: BLE001 - a malformed file, whatever the parser's complaint
-        where = files.where(name) if isinstance(files, Files) else name
-        label = f"{files.label}: " if isinstance(files, Files) else ""
-        detail = " ".join(str(exc).split())[:300]
-        raise DataError(f"{label}cannot parse {where} ({type(exc).__name__}: {detail})") from exc
-
-
-def optional_file(files: FileReader, name: str, parse: Callable[[bytes], pd.DataFrame]) -> pd.DataFrame | None:
-    """:func:`parse_file`, or None when the source lacks ``name``."""
-    try:
-        return parse_file(files, name, parse)
-    except MissingFile:
-        return None
-
-
-def first_file(files: FileReader, names: tuple[str, ...], parse: Callable[[bytes], pd.DataFrame]) -> pd.DataFrame:
-    """:func:`parse_file` on the first of ``names`` present (sources renamed across mirrors)."""
-    for name in names[:-1]:
-        found = optional_file(files, name, parse)
-        if found is not None:
-            return found
-    return parse_file(files, names[-1], parse)
-
-
-def to_contract(inter: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame | None) -> Dataset:
-    """Typed tables in the contract's column order: string ids, float ratings, integer timestamps."""
-    inter = inter[["user_id", "item_id", "rating", "timestamp"]].copy()
-    inter["user_id"] = inter["user_id"].astype("string")
-    inter["item_id"] = inter["item_id"].astype("string")
-    inter["rating"] = inter["rating"].astype(float)
-    inter["timestamp"] = inter["timestamp"].astype("int64")
-    if users is not None:
-        users = users.copy()
-        users["user_id"] = users["user_id"].astype("string")
-    return Dataset(interactions=inter.reset_index(drop=True), items=items, users=users)
-
-
-def has_time_order(interactions: pd.DataFrame) -> bool:
-    """Whether the timestamps order anything: False for a source without time (all rows at :data:`NO_TIME`)."""
-    return timestamps_to_seconds(interactions["timestamp"]).nunique() > 1
-
-
-def sample_users(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
-    """The interactions of ``n`` users drawn at random (seeded); items and users tables restricted to them."""
-    ids = np.sort(dataset.interactions["user_id"].unique().astype(str))
-    if n >= len(ids):
-        return dataset
-    keep = set(np.random.default_rng(seed).choice(ids, n, replace=False))
-    x = dataset.interactions[dataset.interactions["user_id"].isin(keep)]
-    return _restricted(dataset, x)
-
-
-def _restricted(dataset: Dataset, x: pd.DataFrame) -> Dataset:
-    items = dataset.items[dataset.items["item_id"].isin(set(x["item_id"]))].reset_index(drop=True)
-    users = dataset.users
-    if users is not None:
-        users = users[users["user_id"].isin(set(x["user_id"]))].reset_index(drop=True)
-    return Dataset(x.reset_index(drop=True), items, users, dataset.user_edges)
-
-
-def k_core(dataset: Dataset, k: int) -> Dataset:
-    """Users and items with at least ``k`` interactions (repeated until stable); items nobody rated dropped."""
-    x = dataset.interactions
-    while True:
-        keep = (x.groupby("user_id")["item_id"].transform("size") >= k) & \
-               (x.groupby("item_id")["user_id"].transform("size") >= k)
-        if keep.all():
-            break
-        x = x[keep]
-    return _restricted(dataset, x)
 
 
 # -------------------------------------------------------------------------------- shared parsing helpers
@@ -515,29 +359,6 @@ DATASETS: dict[str, SourceSpec] = {
     "steam": SourceSpec(parse_steam, (MCAULEY + "steam/australian_user_reviews.json.gz",
                                       MCAULEY + "steam/steam_games.json.gz"), "Steam reviews (Australian users), 59k"),
 }
-
-
-def download(url: str, cache_dir: Path, timeout: float) -> Path:
-    """``cache_dir / <last part of url>``, downloaded first (through a ``.part`` file) when absent."""
-    target = cache_dir / url.rstrip("/").rsplit("/", 1)[-1]
-    if not target.exists():
-        log.info("downloading %s", url)
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's or a fixed URL
-                payload = resp.read()
-        except Exception as exc:  # noqa: BLE001 - no network, a moved file: one line either way
-            raise DataError(f"could not download {url} ({type(exc).__name__}: {exc})") from exc
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_bytes(payload)
-        tmp.replace(target)
-    return target
-
-
-def open_source(sources: list[str], cache_dir: Path, timeout: float = 60.0) -> Files:
-    """:class:`Files` over local paths and URLs (downloaded into ``cache_dir`` once)."""
-    paths = [download(s, cache_dir, timeout) if re.match(r"^[a-z]+://", s) else Path(s).expanduser() for s in sources]
-    return Files(paths, " + ".join(sources))
 
 
 def fetch_dataset(name: str, sources: list[str] | None, cache_dir: Path, timeout: float = 60.0) -> tuple[Dataset, str]:

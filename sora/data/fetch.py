@@ -19,16 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sora.data.contract import DataError, Dataset
-from sora.data.datasets import (
-    DATASETS,
-    download,
-    fetch_dataset,
-    k_core,
-    open_source,
-    sample_users,
-    to_contract,
-)
+from sora.data.contract import DataError, Dataset, k_core, sample_users, to_contract
+from sora.data.datasets import DATASETS, fetch_dataset
+from sora.data.sources import download, open_source
 
 log = logging.getLogger(__name__)
 
