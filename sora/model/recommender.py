@@ -27,6 +27,10 @@ may add ``beta`` times the transition head (:mod:`sora.model.transitions`: which
 ones), saved as ``trans.*`` (the (I, I) matrix) and ``trans_rows.*`` (the users' histories weighted by
 ``transition_decay ** age``) tensors. ``network_weight`` is 1, or 0 when valid preferred the heads alone
 (:func:`sora.training.selection.select_alpha`): the ``user · item`` term then drops out of every score.
+
+Why one module of about 650 lines: a saved model is one class whose scoring paths (known users, recent
+events, anonymous histories, the approximate index, explanations) and its strict save / load share the
+same fitted fields and the invariants ``__post_init__`` and ``load`` check together.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Aliases: a new version gets ``challenger``. :func:`compare` scores the challenge
 :func:`rollback` follows. An unreachable server (:class:`RegistryUnreachable`) is told apart from a
 missing model, version or alias (:class:`RegistryNotFound`).
 
+Why one module of about 600 lines: it is the one place the MLflow client is used (connect, log,
+register, resolve, compare, promote, roll back), and tests and the components patch its functions by
+this module's path; split into submodules, a patched name would no longer be the one the others call.
+
 Faults mid-operation (the server or its artifact store stops answering) end in one
 :class:`RegistryError` line naming the server, after MLflow's own bounded retries
 (``MLFLOW_HTTP_REQUEST_TIMEOUT``, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``). :func:`log_and_register` uploads
