@@ -12,6 +12,8 @@ Counted and asserted zero: requests lost (an answer other than 200, or a dropped
 and artifacts damaged (a half-written object, a directory left marked incomplete, a staging prefix at a
 target, a registered version whose artifacts do not load). ``SORA_CHAOS_REPORT=FILE`` writes the counts
 and the time each fault cost as JSON (``benchmarks/chaos.py`` reads it).
+
+Over 400 lines on purpose: every fault scenario shares the same real servers and fixtures.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The service's request handling in-process (no server): checks, answers, refusals, the ASGI guard."""
+"""The service's request handling in-process (no server): checks, answers, refusals, the ASGI guard.
+
+Over 400 lines on purpose: requests, answers and refusals share one loaded model and fake app.
+"""
 
 import asyncio
 import json

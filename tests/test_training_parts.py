@@ -1,4 +1,7 @@
-"""The three parts of training (preparation, loop, selection), device choice and the item–item heads."""
+"""The three parts of training (preparation, loop, selection), device choice and the item–item heads.
+
+Over 400 lines on purpose: the three parts share one trained tiny model (module fixtures).
+"""
 
 import numpy as np
 import pandas as pd
