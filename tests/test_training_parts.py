@@ -1,6 +1,6 @@
 """The three parts of training (preparation, loop, selection), device choice and the item–item heads.
 
-Over 400 lines on purpose: the three parts share one trained tiny model (module fixtures).
+Over 400 lines on purpose: the three parts share one prepared tiny data set (the module fixture `tiny`).
 """
 
 import numpy as np
