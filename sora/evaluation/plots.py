@@ -23,7 +23,8 @@ def training_curves_png(history: list[dict[str, Any]], title: str = "Sora traini
         if pts:
             ax2.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key.removeprefix("valid_"))
     ax2.set(xlabel="epoch", ylabel="valid metric", title="validation (full ranking)")
-    ax2.legend()
+    if ax2.lines:  # no evaluated epoch (train.eval_every past the last one): nothing to label
+        ax2.legend()
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()
