@@ -104,3 +104,36 @@ def test_valid_ranking_on_cuda_equals_the_host_ranking():
     gpu_scores = scores.cuda()
     got = DeviceRanker(eu, ei, 500, (10, 20), torch.device("cuda"), exclude=ex).evaluate(lambda b: gpu_scores[b])
     assert got == ref
+
+
+
+@pytest.mark.parametrize("rows_per_chunk", [None, 64])  # the accelerator's one chunk, and several
+def test_fused_softmax_on_cuda_equals_the_cpu_and_holds_float32_under_autocast(monkeypatch, rows_per_chunk):
+    """The fused full softmax (sora.training.softmax) on CUDA: the CPU's loss and gradients, and float32
+    inside a bf16 autocast region (train.amp)."""
+    from sora.training import softmax
+    from sora.training.softmax import IGNORE, softmax_cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    b, d, n = 300, 16, 5000
+    h, w = torch.randn(b, d, generator=gen), torch.randn(n, d, generator=gen)
+    target = torch.randint(0, n, (b,), generator=gen)
+    target[::5] = IGNORE
+    allowed = torch.rand(n, generator=gen) > 0.2
+    allowed[target.clamp(min=0)] = True
+
+    def run(device, amp=False):
+        hh, ww = (t.to(device).requires_grad_() for t in (h, w))
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = softmax_cross_entropy(hh, ww, target.to(device), allowed.to(device))
+        loss.backward()
+        return loss.detach().cpu(), hh.grad.cpu(), ww.grad.cpu(), loss.dtype
+
+    cpu = run("cpu")
+    if rows_per_chunk is not None:
+        monkeypatch.setattr(softmax, "chunk_rows", lambda num_items, device: rows_per_chunk)
+    for amp in (False, True):
+        *got, dtype = run("cuda", amp)
+        assert dtype == torch.float32
+        for c, g in zip(cpu[:3], got, strict=True):
+            torch.testing.assert_close(g, c, rtol=1e-4, atol=1e-5)
