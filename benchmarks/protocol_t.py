@@ -74,18 +74,20 @@ def train_sora(split, emb, items, cfg: SoraConfig) -> dict:
     beta = rec.beta
     # the same weights without a head: the item–item head, the transition head, or both (the network alone);
     # (label, item–item weight: None = as chosen, transition weight)
+    kept_network = rec.network_weight
     for label, alpha, pass_beta in (("", None, beta), ("nohead_", 0.0, beta), ("notrans_", None, 0.0),
                                     ("net_", 0.0, 0.0)):
         if label == "notrans_" and not beta:  # valid kept no transition head: the same scores as full Sora
             out.update({label + key: out[key] for key in ("valid", "test", "per_user")})
             continue
         rec.beta = pass_beta
+        rec.network_weight = 1.0 if alpha == 0.0 else kept_network  # a model of the heads alone: its network
         per_user: dict[str, np.ndarray] = {}
         out[label + "valid"] = evaluate_split(model_scores(rec, split, "valid", alpha), split, "valid", (10,))
         out[label + "test"] = evaluate_split(model_scores(rec, split, "test", alpha), split, "test", (10, 20),
                                              per_user=per_user)
         out[label + "per_user"] = per_user["ndcg@10"]
-    rec.beta = beta
+    rec.beta, rec.network_weight = beta, kept_network
     return out
 
 

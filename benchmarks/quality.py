@@ -79,7 +79,9 @@ def train_row(name, split, emb, items, cfg, rows, alpha_zero_name=None):
     rows.append({"model": name, **test, "train_s": res.seconds, "epochs": f"{res.best_epoch}/{len(res.history)}",
                  "epoch_s": np.median([h["epoch_seconds"] for h in res.history]), "peak_mb": mem["peak_mb"]})
     if alpha_zero_name and rec.ii is not None:
+        kept, rec.network_weight = rec.network_weight, 1.0  # the same network's weights, whatever valid served
         test0 = evaluate_split(lambda b: rec.score_users(b, alpha=0.0), split, "test", cfg.eval.ks)
+        rec.network_weight = kept
         rows.append({"model": alpha_zero_name, **test0, "train_s": res.seconds,
                      "epochs": f"{res.best_epoch}/{len(res.history)}", "epoch_s": rows[-1]["epoch_s"],
                      "peak_mb": mem["peak_mb"]})

@@ -95,6 +95,20 @@ def test_remove_then_add_restores_the_catalogue(rec):
     assert torch.equal(smaller.item_vectors[-1], bigger.item_vectors[-1])
 
 
+def test_a_model_of_the_heads_alone_stays_one_through_additions_and_removals(model_dir, caplog):
+    heads = Recommender.load(model_dir)
+    if not heads.alpha:
+        heads.alpha = 1.0
+    heads.network_weight = 0.0
+    u = np.arange(heads.num_users)
+    bigger, _ = add_items(heads, new_items(heads), HashEncoder(16))
+    assert bigger.network_weight == 0.0 and "score 0 until they have interactions" in caplog.text
+    torch.testing.assert_close(bigger.score_users(u)[:, :heads.num_items], heads.score_users(u))
+    smaller = remove_items(bigger, ["n2"])
+    assert smaller.network_weight == 0.0
+    torch.testing.assert_close(smaller.score_users(u)[:, :heads.num_items], heads.score_users(u))
+
+
 @pytest.mark.parametrize("frame,column,fragment", [
     (pd.DataFrame({"item_id": ["x1"]}), "title", "missing required column(s) title"),
     (pd.DataFrame({"item_id": ["x1", "x1"], "title": ["a", "b"]}), "item_id", "duplicate id in the file"),

@@ -38,6 +38,20 @@ def test_same_loss_and_gradients_as_autograd(monkeypatch, rows_per_chunk):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_an_ignored_row_next_to_a_masked_first_item_keeps_the_loss_finite():
+    """A padded position stands in target 0; with item 0 masked (no training interaction) the loss is still
+    autograd's, not inf · 0 = NaN."""
+    gen = torch.Generator().manual_seed(1)
+    h, w = torch.randn(6, 4, generator=gen), torch.randn(9, 4, generator=gen)
+    target = torch.tensor([3, IGNORE, 5, IGNORE, 8, 1])
+    allowed = torch.ones(9, dtype=torch.bool)
+    allowed[0] = False
+    want = F.cross_entropy((h @ w.T).masked_fill(~allowed[None], -torch.inf), target, ignore_index=IGNORE)
+    got = softmax_cross_entropy(h, w, target, allowed)
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, want)
+
+
 def test_a_bias_that_needs_a_gradient_is_refused():
     h, w = torch.randn(3, 2), torch.randn(4, 2)
     with pytest.raises(ValueError, match="constant bias"):

@@ -485,6 +485,29 @@ def test_the_heads_alone_are_served_where_valid_says_the_network_only_adds_noise
     np.testing.assert_allclose(weights.sum(0), [r["score"] for r in out], rtol=1e-4, atol=1e-5)
 
 
+def test_the_prune_rule_judges_one_epoch_fixed_by_the_config():
+    """A trial resumed from its checkpoint builds the rule afresh: it must judge where the uninterrupted run
+    did (the first evaluated epoch from the warm-up on) and nowhere else."""
+    from sora.training.train import prune_rule
+
+    first = [{"epoch": e, "valid_ndcg@10": 0.1 * e, "valid_ndcg@10_se": 0.01} for e in range(1, 9)]
+    cfg = SoraConfig().with_overrides(["train.warmup_epochs=5", "train.max_epochs=20"])
+    prune = prune_rule(first, cfg)
+    assert prune(5, 0.5) and not prune(5, 0.52) and not prune(6, 0.0) and not prune(4, 0.0)
+    every_other = prune_rule(first, cfg.with_overrides(["train.eval_every=2"]))
+    assert every_other(6, 0.6) and not every_other(5, 0.0)  # epoch 5 is not evaluated: 6 is judged
+    assert prune_rule(first, cfg.with_overrides(["tune.prune_lead_se=null"])) is None
+
+
+def test_cold_items_get_no_heads_alone_candidate(tiny):
+    """Cold valid items have no interactions, so the head alone would score every candidate 0."""
+    ds, cfg, split, emb = tiny
+    cold_cfg = cfg.with_overrides(["split.mode=cold-item", "tune.grid=[]"])
+    cold = make_split(ds, cold_cfg.split)
+    rec = train_model(cold, emb, ds.items, cold_cfg, progress=False).recommender
+    assert "head alone" not in rec.meta["alpha_grid"] and rec.network_weight == 1.0
+
+
 def test_a_later_trial_that_does_not_lead_after_the_warm_up_stops_there(tiny):
     """tune.prune_lead_se: the second trial (a learning rate that cannot learn) is stopped at the end of the
     warm-up and is no candidate; with the rule off it trains to the end."""

@@ -35,7 +35,7 @@ def ease_weights(x: sp.csr_matrix, lam: float) -> np.ndarray:
     xa = x[:, active] if len(active) < n else x
     gram = np.asarray((xa.T @ xa).toarray(), dtype=np.float64)
     gram[np.diag_indices_from(gram)] += lam
-    p = spd_inverse(gram)
+    p = spd_inverse(gram.T)  # symmetric: its transpose is the Fortran-ordered array LAPACK overwrites in place
     p /= -np.diag(p)[None, :]
     p[np.diag_indices_from(p)] = 0.0
     if len(active) == n:

@@ -179,7 +179,11 @@ def add_items(rec: Recommender, new_items: pd.DataFrame, encoder: TextEncoder,
         head_weights=_pad_csr(rec.head_weights, rec.num_users, ni) if rec.head_weights is not None else None,
         transitions=_pad_csr(rec.transitions, ni, ni) if rec.transitions is not None else None, beta=rec.beta,
         transition_decay=rec.transition_decay,
-        transition_rows=_pad_csr(rec.transition_rows, rec.num_users, ni) if rec.transitions is not None else None)
+        transition_rows=_pad_csr(rec.transition_rows, rec.num_users, ni) if rec.transitions is not None else None,
+        network_weight=rec.network_weight)
+    if not rec.network_weight:  # the heads alone: a new item has no training interaction for them to reach
+        log.warning("this model serves its item-item head alone (valid chose it): the %d new items score 0 until "
+                    "they have interactions and the model is retrained", n_new)
     report = {"added": n_new, "items_before": n_old, "items_after": ni, "knn_k": int(k),
               "seconds": round(time.perf_counter() - start, 3),
               "neighbours": {iid: [rec.item_ids[j] for j in row] for iid, row in
@@ -216,4 +220,5 @@ def remove_items(rec: Recommender, item_ids: list[str]) -> Recommender:
         head_weights=rec.head_weights[:, keep].tocsr() if rec.head_weights is not None else None,
         transitions=rec.transitions[keep][:, keep].tocsr() if rec.transitions is not None else None, beta=rec.beta,
         transition_decay=rec.transition_decay,
-        transition_rows=rec.transition_rows[:, keep].tocsr() if rec.transitions is not None else None)
+        transition_rows=rec.transition_rows[:, keep].tocsr() if rec.transitions is not None else None,
+        network_weight=rec.network_weight)

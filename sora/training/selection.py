@@ -226,9 +226,10 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
         ii = rec._ii_scores(rec._head_rows(sample))
         scale = float(dot.std() / ii.std().clamp(min=1e-12))
         scored += [(run(a * scale), a * scale, decay, weights, 1.0) for a in ALPHA_GRID if a or decay == decays[0]]
-        rec.network_weight = 0.0  # the head alone: Sora never serves a network valid says is worse than it
-        scored.append((run(scale), scale, decay, weights, 0.0))
-        rec.network_weight = 1.0
+        if candidates is None:  # cold candidates have no interactions: the head alone scores them all 0
+            rec.network_weight = 0.0  # the head alone: Sora never serves a network valid says is worse than it
+            scored.append((run(scale), scale, decay, weights, 0.0))
+            rec.network_weight = 1.0
     metrics, alpha, decay, weights, network = max(scored, key=lambda t: t[0]["ndcg@10"])
     rec.alpha, rec.head_decay, rec.head_weights, rec.network_weight = alpha, decay, weights, network
     rec.meta["alpha_grid"] = {(f"{a:.4g}" if n else "head alone"): m["ndcg@10"]

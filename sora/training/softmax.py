@@ -56,7 +56,8 @@ class _FusedSoftmaxCrossEntropy(torch.autograd.Function):
                 p.sub_(top).exp_()
                 z = p.sum(1, keepdim=True)
                 lse = top.squeeze(1) + z.squeeze(1).log()
-                total += ((lse - picked) * kc).sum()
+                # an ignored row stands in target 0, which may be masked (-inf): keep its inf out of the sum
+                total += torch.where(kc, lse - picked, torch.zeros_like(lse)).sum()
                 p.div_(z)
                 p[rows, tc] -= 1.0
                 p.mul_(kc[:, None].to(p.dtype))  # a row without a target has no gradient

@@ -204,16 +204,18 @@ def prune_rule(first: list[dict[str, Any]], cfg: SoraConfig) -> Callable[[int, f
     """
     lead = cfg.tune.prune_lead_se
     evaluated = [r for r in first if "valid_ndcg@10" in r]
-    if lead is None or not evaluated:
+    tc = cfg.train
+    # the one epoch judged: the first evaluated one from the warm-up on (a function of the config alone, so a
+    # trial resumed from its checkpoint is judged where the uninterrupted one was, and only there)
+    judged = next((e for e in range(max(tc.warmup_epochs, 1), tc.max_epochs + 1)
+                   if e % tc.eval_every == 0 or e == tc.max_epochs), None)
+    if lead is None or not evaluated or judged is None:
         return None
-    judged: list[int] = []
+    ref = next((r for r in evaluated if r["epoch"] >= judged), evaluated[-1])
+    bar = ref["valid_ndcg@10"] + lead * ref.get("valid_ndcg@10_se", 0.0)
 
     def prune(epoch: int, metric: float) -> bool:
-        if judged or epoch < cfg.train.warmup_epochs:
-            return False
-        judged.append(epoch)
-        ref = next((r for r in evaluated if r["epoch"] >= epoch), evaluated[-1])
-        return metric < ref["valid_ndcg@10"] + lead * ref.get("valid_ndcg@10_se", 0.0)
+        return epoch == judged and metric < bar
 
     return prune
 
