@@ -104,7 +104,7 @@ def attributions(rec: Recommender, newest_first: list[int], history: np.ndarray,
         trans_w = np.zeros(len(items), np.float32)
         trans_w[np.searchsorted(items, np.asarray(transitions[0], dtype=np.int64))] = transitions[1]
         weights += transition_contributions(rec, items, targets, trans_w)
-    if len(window) and rec.network_weight:
+    if len(window):
         rows = np.searchsorted(items, np.asarray(window, dtype=np.int64))
         weights[rows] += net.numpy()
     return items, weights

@@ -9,9 +9,10 @@ product on one scale; :func:`select_transitions` then adds the transition head w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -163,6 +164,19 @@ def valid_metrics(rec: Recommender, valid_users: np.ndarray, valid_items: np.nda
                            per_user=per_user)
 
 
+@contextlib.contextmanager
+def _scoring(rec: Recommender, **fields: float) -> Iterator[None]:
+    """``rec`` scoring with ``fields`` (its weights) set for the block, put back after it whatever happens."""
+    kept = {f: getattr(rec, f) for f in fields}
+    for f, v in fields.items():
+        setattr(rec, f, v)
+    try:
+        yield
+    finally:
+        for f, v in kept.items():
+            setattr(rec, f, v)
+
+
 def valid_uncertainty(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndarray, cfg: SoraConfig,
                       x_train: sp.csr_matrix, candidates: np.ndarray | None = None) -> dict[str, Any]:
     """How far valid can tell ``rec``'s choice apart: the standard error of its valid NDCG@10 over valid
@@ -175,15 +189,12 @@ def valid_uncertainty(rec: Recommender, valid_users: np.ndarray, valid_items: np
 
     chosen = per_user()
     report: dict[str, Any] = {"ndcg@10_se": standard_error(chosen)}
-    kept = (rec.alpha, rec.beta, rec.network_weight)
     if rec.alpha or rec.beta:
-        rec.alpha, rec.beta, rec.network_weight = 0.0, 0.0, 1.0
-        report["over network alone"] = paired_difference(chosen, per_user())
-        rec.alpha, rec.beta, rec.network_weight = kept
-    if rec.network_weight and (rec.alpha or rec.beta):
-        rec.network_weight = 0.0
-        report["over heads alone"] = paired_difference(chosen, per_user())
-        rec.network_weight = 1.0
+        with _scoring(rec, alpha=0.0, beta=0.0, network_weight=1.0):
+            report["over network alone"] = paired_difference(chosen, per_user())
+        if rec.network_weight:
+            with _scoring(rec, network_weight=0.0):
+                report["over heads alone"] = paired_difference(chosen, per_user())
     log.info("valid ndcg@10 standard error %.4f; %s", report["ndcg@10_se"],
              "; ".join(f"{k}: {d:+.4f} ± {e:.4f}" for k, (d, e) in
                        ((k, v) for k, v in report.items() if k.startswith("over"))) or "no alternative")
@@ -227,9 +238,8 @@ def select_alpha(rec: Recommender, valid_users: np.ndarray, valid_items: np.ndar
         scale = float(dot.std() / ii.std().clamp(min=1e-12))
         scored += [(run(a * scale), a * scale, decay, weights, 1.0) for a in ALPHA_GRID if a or decay == decays[0]]
         if candidates is None:  # cold candidates have no interactions: the head alone scores them all 0
-            rec.network_weight = 0.0  # the head alone: Sora never serves a network valid says is worse than it
-            scored.append((run(scale), scale, decay, weights, 0.0))
-            rec.network_weight = 1.0
+            with _scoring(rec, network_weight=0.0):  # Sora never serves a network valid says is worse than it
+                scored.append((run(scale), scale, decay, weights, 0.0))
     metrics, alpha, decay, weights, network = max(scored, key=lambda t: t[0]["ndcg@10"])
     rec.alpha, rec.head_decay, rec.head_weights, rec.network_weight = alpha, decay, weights, network
     rec.meta["alpha_grid"] = {(f"{a:.4g}" if n else "head alone"): m["ndcg@10"]
